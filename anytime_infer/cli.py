@@ -1,0 +1,242 @@
+"""The ``anytime-infer`` command: train, calibrate, trace, simulate, bench, demo, ..."""
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from anytime_infer.model.train import train
+    card = train(args.model, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                 seed=args.seed, images=args.images, device=args.device)
+    print('test accuracy per exit: ' + ', '.join(f'{a:.4f}' for a in card['test_accuracy']))
+    print(f'wrote {args.out}/weights.pt and card.json (sha256 {card["sha256"][:12]}...)')
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser('train', help='train a multi-exit network (all exits together)',
+                       description='Train a multi-exit network with a fixed seed and a '
+                       'recorded train/val/test split; writes weights.pt, card.json and '
+                       'split.npz into --out.')
+    p.add_argument('--model', default='fashion_mnist',
+                   help='data set / model name: fashion_mnist, traffic_lights, or a name '
+                   'for --images (default: %(default)s)')
+    p.add_argument('--images', help='an ImageFolder-style folder (class sub-folders)')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--epochs', type=int, default=None,
+                   help='epochs (default: 3 for fashion_mnist, 12 otherwise)')
+    p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu', help='torch device (cpu, cuda, cuda:1, ...)')
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from anytime_infer.model.calibrate import calibrate
+    from anytime_infer.model.store import resolve_model_dir
+    folder = resolve_model_dir(args.model_dir)
+    batches = [int(b) for b in args.batches.split(',')]
+    prof = calibrate(folder, device=args.device, batches=batches, runs=args.runs)
+    for k, (lat, acc, e0, e1) in enumerate(zip(prof['latency'], prof['exit_accuracy'],
+                                               prof['ece_before'], prof['ece_after']), 1):
+        print(f'exit {k}: val acc {acc:.4f}  T={prof["temperature"][k - 1]:.3f}  '
+              f'ECE {e0:.4f} -> {e1:.4f}  stage p50/p95/p99 {lat["1"]["p50_ms"]:.3f}/'
+              f'{lat["1"]["p95_ms"]:.3f}/{lat["1"]["p99_ms"]:.3f} ms (batch 1, '
+              f'{prof["device"]})')
+    print(f'wrote {folder}/profile.json')
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser('calibrate', help='measure stage latencies and calibrate exits',
+                       description='Measure every stage latency per batch size on the '
+                       'device in use and calibrate every exit on the validation split '
+                       '(temperature scaling, ECE, conditional accuracy tables); writes '
+                       'profile.json beside the weights.')
+    p.add_argument('--model-dir', '--model', dest='model_dir', default='fashion_mnist',
+                   help='bundled model name or model folder (default: %(default)s)')
+    p.add_argument('--device', default='cpu', help='torch device (default: %(default)s)')
+    p.add_argument('--batches', default='1,2,4,8', help='batch sizes to time')
+    p.add_argument('--runs', type=int, default=200, help='timed runs per stage and batch')
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from anytime_infer.model.traces import make_trace
+    n = make_trace(args.model, args.out, device=args.device, split=args.split)
+    print(f'wrote {args.out}: {n} samples of the {args.split} split')
+    return 0
+
+
+def _add_trace(sub) -> None:
+    p = sub.add_parser('trace', help='write per-exit predictions of the test split (CSV)',
+                       description='For every test image and every exit write one CSV row '
+                       'sample,label,exit,predicted,confidence (exit from 1, confidence the '
+                       'calibrated probability of predicted). The simulator reads it.')
+    p.add_argument('--model', default='fashion_mnist', help='bundled name or model folder')
+    p.add_argument('--out', required=True, help='CSV file to write (.csv or .csv.gz)')
+    p.add_argument('--split', default='test', choices=['test', 'val'])
+    p.add_argument('--device', default='cpu')
+    p.set_defaults(func=_cmd_trace)
+
+
+def _source(args: argparse.Namespace):
+    from anytime_infer.evaluation import bundled_source, trace_source
+    if args.trace:
+        if not args.stage_ms:
+            raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+        return trace_source(args.trace, [float(x) for x in args.stage_ms.split(',')],
+                            seed=args.seed)
+    return bundled_source(args.model)
+
+
+def _floats(text: Optional[str]) -> Optional[List[float]]:
+    return [float(x) for x in text.split(',')] if text else None
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from anytime_infer.evaluation import run_policy
+    src = _source(args)
+    if args.policy == 'fixed_depth' and args.depth is None:
+        raise ValueError('--policy fixed_depth needs --depth K')
+    out = run_policy(src, args.policy, args.load, depth=args.depth, cameras=args.cameras,
+                     deadline_periods=args.deadline_periods, frames=args.frames,
+                     seed=args.seed, arrival=args.arrival, percentile=args.percentile,
+                     adapt=not args.no_adapt, batching=args.batching,
+                     charge_decisions=not args.no_charge_decisions,
+                     weights=_floats(args.weights), rate_ratios=_floats(args.rate_ratios))
+    if args.json:
+        print_json(out)
+    else:
+        print(f'{out["policy"]} on {out["model"]} at {args.load}x load, {out["frames"]} '
+              f'frames from {args.cameras} cameras ({args.arrival}):')
+        print(f'  accuracy {out["accuracy"]:.4f}  miss {100 * out["miss_rate"]:.2f}%  '
+              f'drop {100 * out["drop_rate"]:.2f}% {out["drops_by_reason"]}  '
+              f'mean depth {out["mean_depth"]:.2f}')
+        print(f'  decision p50 {out["decision_ms_p50"]:.3f} ms (mean stage '
+              f'{out["mean_stage_ms"]:.3f} ms)  latency p50/p99 {out["latency_ms_p50"]} / '
+              f'{out["latency_ms_p99"]} ms')
+    return 0
+
+
+def _add_simulate(sub) -> None:
+    from anytime_infer.scheduler.policies import POLICY_NAMES
+    p = sub.add_parser('simulate', help='run one policy on a trace in the simulator',
+                       description='Discrete-event simulation of camera frames under one '
+                       'policy: stage times drawn from the calibrated distribution, exit '
+                       'outcomes from a trace, the policy\'s decision time charged.')
+    p.add_argument('--policy', default='imprecise_dp', choices=POLICY_NAMES)
+    p.add_argument('--depth', type=int, help='depth for --policy fixed_depth')
+    p.add_argument('--model', default='fashion_mnist',
+                   help='bundled model (its trace and profile); default %(default)s')
+    p.add_argument('--trace', help='a trace CSV from elsewhere (needs --stage-ms)')
+    p.add_argument('--stage-ms', help='mean stage latencies in ms, comma-separated')
+    p.add_argument('--load', type=float, default=1.0,
+                   help='demand as a multiple of the full-depth capacity')
+    p.add_argument('--cameras', type=int, default=4)
+    p.add_argument('--deadline-periods', type=float, default=2.0,
+                   help='relative deadline in frame periods')
+    p.add_argument('--frames', type=int, default=3000)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--arrival', default='periodic', choices=['periodic', 'poisson', 'burst'])
+    p.add_argument('--percentile', type=int, default=95, choices=[50, 95, 99],
+                   help='stage-time percentile plans use')
+    p.add_argument('--no-adapt', action='store_true', help='do not update stage times')
+    p.add_argument('--batching', action='store_true', help='let the plan batch a stage')
+    p.add_argument('--no-charge-decisions', action='store_true',
+                   help='do not charge the policy\'s own decision time to the worker')
+    p.add_argument('--weights', help='per-camera weights, comma-separated')
+    p.add_argument('--rate-ratios', help='per-camera relative frame rates, comma-separated')
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import os
+    from anytime_infer.evaluation import (ablations, bundled_source, LOADS, markdown_table,
+                                          sweep, write_bench)
+    from tqdm import tqdm
+    loads = _floats(args.loads) or list(LOADS)
+    for model in args.models.split(','):
+        src = bundled_source(model)
+        from anytime_infer.evaluation import bench_policies
+        total = len(loads) * len(bench_policies(src.profile.num_stages))
+        with tqdm(total=total, desc=f'bench {model}', unit='run') as bar:
+            rows = sweep(src, loads, frames=args.frames, seed=args.seed,
+                         progress=lambda r: bar.update(1))
+        files = write_bench(rows, args.out, model, loads)
+        print(f'\n## {model}: accuracy over all frames (deadline-miss rate), '
+              f'{args.frames} frames, 4 cameras, deadline 2 periods\n')
+        print(markdown_table(rows, loads))
+        dec = [r for r in rows if r['label'] == 'imprecise_dp']
+        print(f'\nimprecise_dp decision p50 {max(r["decision_ms_p50"] for r in dec):.3f} ms '
+              f'(worst load), mean stage {dec[0]["mean_stage_ms"]:.3f} ms')
+        if not args.no_ablations:
+            ab = ablations(src, load=max(loads), frames=args.frames, seed=args.seed)
+            path = os.path.join(args.out, f'{model}_ablations.json')
+            with open(path, 'w') as f:
+                json.dump(ab, f, indent=1)
+            files.append(path)
+            print(f'\nbeyond the paper, at {max(loads)}x:')
+            for r in ab:
+                extra = (' per stream ' + ','.join(f'{a:.3f}' for a in r['accuracy_by_stream'])
+                         if 'accuracy_by_stream' in r else '')
+                print(f'  {r["label"]:<42} acc {r["accuracy"]:.3f}  miss '
+                      f'{100 * r["miss_rate"]:.2f}%  drop {100 * r["drop_rate"]:.1f}%{extra}')
+        print('wrote ' + ', '.join(files))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser('bench', help='sweep load 0.5x-3x for every policy (CSV/JSON/MD/PNG)')
+    p.add_argument('--models', default='fashion_mnist,traffic_lights')
+    p.add_argument('--loads', help='comma-separated loads (default 0.5,1,...,3)')
+    p.add_argument('--frames', type=int, default=2000)
+    p.add_argument('--seed', type=int, default=11)
+    p.add_argument('--out', default='bench', help='output folder')
+    p.add_argument('--no-ablations', action='store_true')
+    p.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog='anytime-infer',
+        description='Anytime multi-exit inference under an imprecise-computation scheduler.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    for add in ADDERS:
+        add(sub)
+    return parser
+
+
+ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
+                          _add_bench]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``anytime-infer`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, 'epochs', 0) is None:
+        args.epochs = 3 if args.model == 'fashion_mnist' and not args.images else 12
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f'anytime-infer {args.command}: error: {e}', file=sys.stderr)
+        return 2
+
+
+def _json_default(o) -> Dict:
+    return str(o)
+
+
+def print_json(data: Dict) -> None:
+    """Print one JSON object on one line."""
+    print(json.dumps(data, default=_json_default, sort_keys=True))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Anytime (multi-exit) networks: architectures, data, training, calibration, loading."""

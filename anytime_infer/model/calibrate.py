@@ -1,0 +1,174 @@
+"""Calibration on the device in use: stage latencies and exit confidence tables.
+
+Latency: every stage at batch sizes 1, 2, 4, 8, ... after warm-up, timed with CUDA
+synchronisation on a GPU and a monotonic clock on the CPU; p50/p95/p99, mean and the
+quantiles the simulator samples from. Confidence: per exit, temperature scaling fitted on
+the validation split (never the test split), the expected calibration error (ECE) before
+and after, and P(exit l correct | confidence bin of exit k) for every k <= l.
+"""
+import os
+import platform
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from anytime_infer.model.data import load_dataset, to_tensor_batch
+from anytime_infer.model.store import CARD, load_model, PROFILE, read_json, write_json
+from anytime_infer.model.train import exit_predictions
+from anytime_infer.scheduler.profile import QUANTILE_LEVELS
+from anytime_infer.scheduler.trace import conditional_edges, smoothed_bin_rates
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature."""
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood at a temperature."""
+    p = softmax(logits, temperature)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the NLL (golden-section search on log T in [-3, 3])."""
+    lo, hi = -3.0, 3.0
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(logits, labels, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(logits, labels, np.exp(b))
+    return float(np.exp((lo + hi) / 2))
+
+
+def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error with equal-width confidence bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(total)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (no-op on the CPU)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(net, shape: Sequence[int], device: torch.device,
+                    batches: Sequence[int] = (1, 2, 4, 8), runs: int = 200,
+                    warmup: int = 20) -> List[Dict[str, Dict]]:
+    """Latency statistics (ms) of every stage at every batch size."""
+    out: List[Dict[str, Dict]] = [{} for _ in range(net.num_stages)]
+    for b in batches:
+        x = torch.randn(b, *shape, device=device)
+        states = [x]
+        for k in range(1, net.num_stages + 1):
+            states.append(net.run_stage(k, states[-1])[0])
+        for k in range(1, net.num_stages + 1):
+            inp = states[k - 1]
+            for _ in range(warmup):
+                net.run_stage(k, inp)
+            sync(device)
+            samples = []
+            for _ in range(runs if b <= 2 else max(runs // 2, 20)):
+                t0 = time.perf_counter()
+                net.run_stage(k, inp)
+                sync(device)
+                samples.append((time.perf_counter() - t0) * 1000.0)
+            s = np.array(samples)
+            out[k - 1][str(b)] = {
+                'p50_ms': float(np.percentile(s, 50)), 'p95_ms': float(np.percentile(s, 95)),
+                'p99_ms': float(np.percentile(s, 99)), 'mean_ms': float(s.mean()),
+                'quantiles_ms': [float(q) for q in np.quantile(s, QUANTILE_LEVELS)],
+                'runs': int(len(s))}
+    return out
+
+
+def confidence_tables(logits: List[np.ndarray], labels: np.ndarray, temps: List[float],
+                      bins: int = 10) -> Dict:
+    """Exit accuracy, confidence bin edges and P(exit l ok | bin of exit k) on a split."""
+    conf = [softmax(lg, t).max(axis=1) for lg, t in zip(logits, temps)]
+    ok = [lg.argmax(axis=1) == labels for lg in logits]
+    n = len(logits)
+    acc = [float(o.mean()) for o in ok]
+    edges_all, cond_all, counts_all = [], [], []
+    for k in range(n):
+        edges = conditional_edges(conf[k], bins)
+        b = np.clip(np.searchsorted(edges, conf[k], side='right') - 1, 0, len(edges) - 2)
+        cond_all.append([smoothed_bin_rates(ok[lvl], b, len(edges) - 1, acc[lvl])
+                         if lvl >= k else [] for lvl in range(n)])
+        edges_all.append([float(e) for e in edges])
+        counts_all.append([int(c) for c in np.bincount(b, minlength=len(edges) - 1)])
+    return {'exit_accuracy': acc, 'conf_edges': edges_all, 'cond_accuracy': cond_all,
+            'conf_bin_counts': counts_all}
+
+
+def calibrate(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 2, 4, 8),
+              runs: int = 200) -> Dict:
+    """Calibrate a model folder on ``device``; write and return its profile."""
+    dev = torch.device(device)
+    net, card = load_model(model_dir, device=str(dev))
+    data = load_dataset(card['name'], seed=card['training']['seed'],
+                        images=card.get('data', {}).get('images'))
+    split = np.load(os.path.join(model_dir, 'split.npz'))
+    data.splits = {k: split[k] for k in split.files}
+    y_val = data.subset('val')[1]
+    logits = exit_predictions(net, data, 'val', str(dev))
+    temps = [fit_temperature(lg, y_val) for lg in logits]
+    raw_conf = [softmax(lg).max(axis=1) for lg in logits]
+    cal_conf = [softmax(lg, t).max(axis=1) for lg, t in zip(logits, temps)]
+    ok = [lg.argmax(axis=1) == y_val for lg in logits]
+    pre = card['preprocess']
+    shape = (pre['channels'], pre['height'], pre['width'])
+    latency = measure_latency(net, shape, dev, batches, runs)
+    # Warm the whole pipeline once as the executor would (conversion included).
+    to_tensor_batch(data.subset('val')[0][:1], data.preprocess)
+    profile = {
+        'model': card['name'],
+        'num_stages': net.num_stages,
+        'device': str(dev),
+        'device_name': (torch.cuda.get_device_name(dev) if dev.type == 'cuda'
+                        else platform.processor() or platform.machine()),
+        'torch': torch.__version__,
+        'threads': torch.get_num_threads(),
+        'latency': latency,
+        'temperature': temps,
+        'ece_before': [ece(c, o) for c, o in zip(raw_conf, ok)],
+        'ece_after': [ece(c, o) for c, o in zip(cal_conf, ok)],
+        'calibration_split': f'val ({len(y_val)} samples, never the test split)',
+        'weights_sha256': card['sha256'],
+    }
+    profile.update(confidence_tables(logits, y_val, temps))
+    write_json(os.path.join(model_dir, PROFILE), profile)
+    card = read_json(os.path.join(model_dir, CARD), 'the model card')
+    card['test_ece'] = test_ece(net, data, temps, str(dev))
+    write_json(os.path.join(model_dir, CARD), card)
+    return profile
+
+
+def test_ece(net, data, temps: List[float], device: str) -> Dict[str, List[float]]:
+    """ECE on the test split with the validation-fitted temperatures (reported only)."""
+    logits = exit_predictions(net, data, 'test', device)
+    y = data.subset('test')[1]
+    ok = [lg.argmax(axis=1) == y for lg in logits]
+    return {'before': [ece(softmax(lg).max(axis=1), o) for lg, o in zip(logits, ok)],
+            'after': [ece(softmax(lg, t).max(axis=1), o)
+                      for lg, t, o in zip(logits, temps, ok)]}

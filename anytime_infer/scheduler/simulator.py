@@ -1,0 +1,224 @@
+"""A discrete-event simulator: camera arrivals, one worker, a policy, a trace.
+
+Frames arrive from streams (periodic with jitter, Poisson, or bursts); each frame is a
+task whose exit outcomes are those of a random trace sample. The worker runs the stage the
+policy chooses, for a time drawn from the calibrated latency distribution; the policy's own
+decision time (measured) is charged to the worker. Anytime policies have a task published
+at its deadline from its deepest completed exit. Every frame ends in exactly one outcome.
+"""
+from dataclasses import dataclass, field
+import heapq
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from anytime_infer.scheduler.policies import Policy
+from anytime_infer.scheduler.profile import ModelProfile
+from anytime_infer.scheduler.task import DROP_REASONS, SHUTDOWN, Task
+from anytime_infer.scheduler.trace import Trace
+
+ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
+ARRIVALS = ('periodic', 'poisson', 'burst')
+
+
+@dataclass
+class Stream:
+    """One camera: frame rate (Hz), relative deadline (s), weight."""
+
+    rate_hz: float
+    deadline_s: float
+    weight: float = 1.0
+
+
+@dataclass
+class FrameResult:
+    """The one outcome of a frame."""
+
+    outcome: str = ''
+    reason: str = ''
+    depth: int = 0
+    correct: bool = False
+    latency: float = float('nan')
+    stream: int = 0
+
+
+@dataclass
+class SimResult:
+    """Per-frame outcomes and the policy's decision times."""
+
+    policy: str
+    frames: List[FrameResult]
+    decision_s: List[float] = field(default_factory=list)
+    busy_s: float = 0.0
+    span_s: float = 0.0
+
+    def summary(self) -> Dict:
+        """Rates as fractions of all frames; a miss or a drop counts as wrong."""
+        n = len(self.frames)
+        outcomes = [f.outcome for f in self.frames]
+        published = [f for f in self.frames if f.outcome in (ON_TIME, LATE)]
+        drops = {r: sum(1 for f in self.frames if f.outcome == DROPPED and f.reason == r)
+                 for r in DROP_REASONS}
+        depth_hist = [sum(1 for f in published if f.depth == d)
+                      for d in range(1, 1 + max([f.depth for f in published] + [0]))]
+        lat = np.array([f.latency for f in published]) * 1000.0
+        dec = np.array(self.decision_s) * 1000.0
+        return {
+            'policy': self.policy,
+            'frames': n,
+            'on_time': outcomes.count(ON_TIME),
+            'late': outcomes.count(LATE),
+            'dropped': outcomes.count(DROPPED),
+            'drops_by_reason': {k: v for k, v in drops.items() if v},
+            'accuracy': sum(f.correct for f in self.frames if f.outcome == ON_TIME) / max(n, 1),
+            'miss_rate': outcomes.count(LATE) / max(n, 1),
+            'drop_rate': outcomes.count(DROPPED) / max(n, 1),
+            'mean_depth': float(np.mean([f.depth for f in published])) if published else 0.0,
+            'depth_histogram': depth_hist,
+            'latency_ms_p50': float(np.percentile(lat, 50)) if lat.size else None,
+            'latency_ms_p99': float(np.percentile(lat, 99)) if lat.size else None,
+            'decision_ms_p50': float(np.percentile(dec, 50)) if dec.size else 0.0,
+            'decision_ms_p99': float(np.percentile(dec, 99)) if dec.size else 0.0,
+            'decision_share': float(dec.sum() / 1000.0 / self.span_s) if self.span_s else 0.0,
+            'utilisation': self.busy_s / self.span_s if self.span_s else 0.0,
+        }
+
+
+def make_streams(profile: ModelProfile, load: float, cameras: int = 4,
+                 deadline_periods: float = 2.0, weights: Optional[List[float]] = None,
+                 rate_ratios: Optional[List[float]] = None) -> List[Stream]:
+    """Streams whose total demand is ``load`` times the full-depth capacity.
+
+    With equal rates (default) each camera runs at load / (cameras x full-depth time);
+    ``rate_ratios`` gives cameras different rates with the same total demand.
+    """
+    if load <= 0 or cameras < 1:
+        raise ValueError('load must be > 0 and cameras >= 1')
+    ratios = np.array(rate_ratios or [1.0] * cameras, dtype=float)
+    total_rate = load / profile.full_depth_mean()
+    rates = total_rate * ratios / ratios.sum()
+    weights = weights or [1.0] * cameras
+    return [Stream(float(r), deadline_periods / float(r), float(w))
+            for r, w in zip(rates, weights)]
+
+
+def make_arrivals(streams: List[Stream], frames: int, kind: str, rng: np.random.Generator,
+                  jitter: float = 0.05, burst: int = 4) -> List[tuple]:
+    """(time, stream) of the first ``frames`` arrivals of all streams together."""
+    if kind not in ARRIVALS:
+        raise ValueError(f'arrival process must be one of {ARRIVALS}')
+    out = []
+    per = frames // len(streams) + 2
+    for s, st in enumerate(streams):
+        period = 1.0 / st.rate_hz
+        if kind == 'poisson':
+            times = np.cumsum(rng.exponential(period, per))
+        else:
+            times = rng.uniform(0, period) + period * np.arange(per)
+            if kind == 'burst':   # groups of `burst` frames released together
+                times = times - (np.arange(per) % burst) * period * 0.95
+            times = times + rng.normal(0, jitter * period, per).clip(-0.4 * period,
+                                                                     0.4 * period)
+        out.extend((float(t), s) for t in times)
+    out.sort()
+    return out[:frames]
+
+
+def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[Stream],
+             frames: int = 3000, seed: int = 0, arrival: str = 'periodic',
+             charge_decisions: bool = True) -> SimResult:
+    """Run one policy on one arrival process; return every frame's outcome."""
+    if trace.num_exits != profile.num_stages:
+        raise ValueError(f'trace has {trace.num_exits} exits, profile {profile.num_stages}')
+    rng = np.random.default_rng(seed)
+    arrivals = make_arrivals(streams, frames, arrival, rng)
+    samples = rng.integers(0, len(trace.samples), len(arrivals))
+    sample_rng = np.random.default_rng(seed + 1)   # stage times apart from arrivals
+    results = [FrameResult(stream=s) for _, s in arrivals]
+    pending: Dict[int, Task] = {}
+    deadlines: List[tuple] = []
+    decisions: List[float] = []
+    now, ai, busy = 0.0, 0, 0.0
+    n_arr = len(arrivals)
+    first_arrival = arrivals[0][0] if arrivals else 0.0
+
+    def publish(task: Task, at: float) -> None:
+        res = results[task.task_id]
+        res.depth = task.stages_done
+        res.latency = at - task.arrival
+        res.outcome = ON_TIME if at <= task.deadline + 1e-12 else LATE
+        res.correct = bool(trace.correct[samples[task.task_id], task.stages_done - 1])
+        del pending[task.task_id]
+
+    def drop(task_id: int, reason: str) -> None:
+        res = results[task_id]
+        res.outcome, res.reason, res.latency = DROPPED, reason, float('nan')
+        del pending[task_id]
+
+    def advance(to: float) -> None:
+        nonlocal now, ai
+        # Anytime: tasks whose deadline passes by `to` are published then, at their depth.
+        if policy.anytime:
+            while deadlines and deadlines[0][0] <= to:
+                d, tid = heapq.heappop(deadlines)
+                task = pending.get(tid)
+                if task is not None and task.stages_done >= 1:
+                    publish(task, d)
+        now = max(now, to)
+        while ai < n_arr and arrivals[ai][0] <= now:
+            t_arr, s = arrivals[ai]
+            st = streams[s]
+            task = Task(ai, s, t_arr, t_arr + st.deadline_s, profile.num_stages, st.weight,
+                        stamp=t_arr,
+                        exit_correct=list(trace.correct[samples[ai]]))
+            pending[ai] = task
+            if policy.anytime:
+                heapq.heappush(deadlines, (task.deadline, ai))
+            ai += 1
+
+    while ai < n_arr or pending:
+        if not pending:
+            advance(arrivals[ai][0])
+            continue
+        t0 = time.perf_counter()
+        dec = policy.decide(now, pending.values())
+        spent = time.perf_counter() - t0
+        decisions.append(spent)
+        if charge_decisions:
+            busy += spent
+            advance(now + spent)
+        for tid, reason in dec.drop:
+            if tid in pending:
+                drop(tid, reason)
+        for tid in dec.finish:
+            if tid in pending:
+                publish(pending[tid], now)
+        run = [pending[t] for t in dec.run if t in pending]
+        if run:
+            stage = run[0].stages_done + 1
+            lat = profile.latency[stage - 1]
+            b = len(run)
+            stats = lat.get(b) or lat[1]
+            dur = float(stats.sample(sample_rng)) * (1.0 if b in lat else b)
+            busy += dur
+            policy.times.observe(stage, b, dur)
+            advance(now + dur)
+            for task in run:
+                if task.task_id in pending:   # not published at its deadline meanwhile
+                    task.stages_done = stage
+                    task.confidences.append(
+                        float(trace.confidence[samples[task.task_id], stage - 1]))
+            continue
+        if dec.drop or dec.finish:
+            continue
+        # Nothing to do now: wait for the next arrival or deadline.
+        nxt = [arrivals[ai][0]] if ai < n_arr else []
+        nxt += [t.deadline + 1e-9 for t in pending.values() if t.deadline + 1e-9 > now]
+        if not nxt:   # the policy keeps tasks it will never run: end them, counted
+            for tid in list(pending):
+                drop(tid, SHUTDOWN)
+            break
+        advance(min(nxt))
+    span = max(now - first_arrival, 1e-9)
+    return SimResult(policy.name, results, decisions, busy, span)

@@ -1,0 +1,67 @@
+"""Stage-time estimates for planning: a high percentile, kept current from measurements."""
+from collections import deque
+from typing import Deque, Dict, Tuple
+
+import numpy as np
+
+from anytime_infer.scheduler.profile import ModelProfile
+
+
+class StageTimes:
+    """Planning times (s) per stage and batch size.
+
+    Plans use a high percentile of the calibrated latency (``percentile``: 50, 95 or 99),
+    not the mean. Measured stage times update the estimate: the planning time is the
+    calibrated percentile scaled by the running ratio of measured to calibrated median,
+    once enough measurements exist, so a slower device (or a busy one) is planned for.
+    """
+
+    def __init__(self, profile: ModelProfile, percentile: int = 95, window: int = 64,
+                 adapt: bool = True) -> None:
+        if percentile not in (50, 95, 99):
+            raise ValueError('percentile must be 50, 95 or 99')
+        self.profile = profile
+        self.percentile = percentile
+        self.adapt = adapt
+        self._measured: Dict[Tuple[int, int], Deque[float]] = {}
+        self._window = window
+        self._scale: Dict[Tuple[int, int], float] = {}
+        self._cache: Dict[Tuple[int, int], float] = {}
+
+    def _calibrated(self, stage: int, batch: int) -> Tuple[float, float]:
+        per_batch = self.profile.latency[stage - 1]
+        if batch in per_batch:
+            s = per_batch[batch]
+        else:   # between calibrated sizes: scale the nearest smaller one linearly
+            known = sorted(b for b in per_batch if b <= batch) or [min(per_batch)]
+            base = per_batch[known[-1]]
+            f = batch / known[-1]
+            return base.p50 * f, getattr(base, 'p%d' % self.percentile) * f
+        return s.p50, getattr(s, 'p%d' % self.percentile)
+
+    def plan(self, stage: int, batch: int = 1) -> float:
+        """Time (s) to plan for one run of ``stage`` on a batch."""
+        key = (stage, batch)
+        t = self._cache.get(key)
+        if t is None:
+            _, pct = self._calibrated(stage, batch)
+            t = pct * self._scale.get(key, 1.0)
+            self._cache[key] = t
+        return t
+
+    def observe(self, stage: int, batch: int, seconds: float) -> None:
+        """Record a measured stage time and refresh the estimate."""
+        if not self.adapt or not seconds > 0:
+            return
+        key = (stage, batch)
+        q = self._measured.setdefault(key, deque(maxlen=self._window))
+        q.append(seconds)
+        if len(q) >= 8 and len(q) % 4 == 0:
+            p50, _ = self._calibrated(stage, batch)
+            # Only ever scale up from calibration by a measured slowdown, or down to it.
+            self._scale[key] = max(0.5, float(np.median(q)) / p50)
+            self._cache.pop(key, None)
+
+    def remaining(self, stage_from: int, stage_to: int) -> float:
+        """Planned time (s) to run stages stage_from+1 .. stage_to (batch 1)."""
+        return sum(self.plan(k) for k in range(stage_from + 1, stage_to + 1))

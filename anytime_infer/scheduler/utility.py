@@ -1,0 +1,62 @@
+"""Input-dependent utility: the expected accuracy of stopping a task at each depth.
+
+Before stage 1 the expected accuracy at depth l is exit l's mean accuracy. After stage k
+it is P(exit l correct | exit k's confidence), read from the profile's calibration tables
+(the latest exit's confidence summarises what is known of the input). The flat variant
+ignores the input and always uses the mean accuracies.
+"""
+import bisect
+import math
+from typing import List
+
+import numpy as np
+
+from anytime_infer.scheduler.profile import ModelProfile
+from anytime_infer.scheduler.task import Task
+
+
+class Utility:
+    """Expected accuracy per depth for a task (weight applied by the caller)."""
+
+    def __init__(self, profile: ModelProfile, flat: bool = False) -> None:
+        self.n = profile.num_stages
+        self.mean = np.array(profile.exit_accuracy, dtype=float)
+        self.edges = [list(e) for e in profile.conf_edges]
+        self.cond = [[np.array(row, dtype=float) if row else None for row in per_k]
+                     for per_k in profile.cond_accuracy]
+        self.flat = flat
+
+    def _bin(self, k: int, conf: float) -> int:
+        edges = self.edges[k - 1]
+        i = bisect.bisect_right(edges, conf) - 1
+        return min(max(i, 0), len(edges) - 2)
+
+    def expected(self, task: Task) -> np.ndarray:
+        """Expected accuracy at depth 0..L (index = depth; depth 0 = no result = 0)."""
+        out = np.zeros(self.n + 1)
+        k = task.stages_done
+        conf = task.last_confidence
+        if self.flat or k == 0 or conf is None or not math.isfinite(conf):
+            out[1:] = self.mean
+            return out
+        b = self._bin(k, conf)
+        cond = self.cond[k - 1]
+        out[1:k] = self.mean[:k - 1]          # not reachable any more; kept for completeness
+        for lvl in range(k, self.n + 1):
+            out[lvl] = cond[lvl - 1][b]
+        return out
+
+
+class OracleUtility:
+    """Clairvoyant utility (simulation only): 1 where the exit is correct, else 0."""
+
+    def __init__(self, num_stages: int) -> None:
+        self.n = num_stages
+        self.flat = False
+
+    def expected(self, task: Task) -> np.ndarray:
+        """Exact correctness per depth, from the trace's ground truth."""
+        out = np.zeros(self.n + 1)
+        correct: List[bool] = task.exit_correct or [False] * self.n
+        out[1:] = np.array(correct[:self.n], dtype=float)
+        return out
