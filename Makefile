@@ -54,10 +54,12 @@ lint: setup
 	$(PY) -m pytest -q test/test_lint.py
 
 models: setup
-	$(VENV)/bin/anytime-infer train --model fashion_mnist --out anytime_infer/models/fashion_mnist
-	$(VENV)/bin/anytime-infer calibrate --model-dir anytime_infer/models/fashion_mnist
-	$(VENV)/bin/anytime-infer train --model traffic_lights --out anytime_infer/models/traffic_lights
-	$(VENV)/bin/anytime-infer calibrate --model-dir anytime_infer/models/traffic_lights
+	for m in fashion_mnist traffic_lights; do \
+	  $(VENV)/bin/anytime-infer train --model $$m --out anytime_infer/models/$$m && \
+	  $(VENV)/bin/anytime-infer calibrate --model-dir anytime_infer/models/$$m && \
+	  $(VENV)/bin/anytime-infer trace --model $$m --out anytime_infer/models/$$m/trace_test.csv.gz && \
+	  $(VENV)/bin/anytime-infer export-samples --model $$m || exit 1; \
+	done
 
 bench: setup
 	$(VENV)/bin/anytime-infer bench-model

@@ -1,4 +1,5 @@
-"""Python packaging of anytime_infer for a plain virtual environment (`make setup`).
+"""
+Python packaging of anytime_infer for a plain virtual environment (`make setup`).
 
 On a ROS 2 install the package is built by colcon with CMakeLists.txt (ament_cmake),
 which also generates the messages; this file serves `pip install -e .` in `.venv`.

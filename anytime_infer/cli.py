@@ -104,7 +104,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out = run_policy(src, args.policy, args.load, depth=args.depth, cameras=args.cameras,
                      deadline_periods=args.deadline_periods, frames=args.frames,
                      seed=args.seed, arrival=args.arrival, percentile=args.percentile,
-                     adapt=not args.no_adapt, batching=args.batching,
+                     adapt=not args.no_adapt, batching=not args.no_batching,
                      charge_decisions=not args.no_charge_decisions,
                      weights=_floats(args.weights), rate_ratios=_floats(args.rate_ratios))
     if args.json:
@@ -126,7 +126,7 @@ def _add_simulate(sub) -> None:
     p = sub.add_parser('simulate', help='run one policy on a trace in the simulator',
                        description='Discrete-event simulation of camera frames under one '
                        'policy: stage times drawn from the calibrated distribution, exit '
-                       'outcomes from a trace, the policy\'s decision time charged.')
+                       "outcomes from a trace, the policy's decision time charged.")
     p.add_argument('--policy', default='imprecise_dp', choices=POLICY_NAMES)
     p.add_argument('--depth', type=int, help='depth for --policy fixed_depth')
     p.add_argument('--model', default='fashion_mnist',
@@ -144,9 +144,11 @@ def _add_simulate(sub) -> None:
     p.add_argument('--percentile', type=int, default=95, choices=[50, 95, 99],
                    help='stage-time percentile plans use')
     p.add_argument('--no-adapt', action='store_true', help='do not update stage times')
-    p.add_argument('--batching', action='store_true', help='let the plan batch a stage')
+    p.add_argument('--no-batching', action='store_true',
+                   help='never batch a stage of several tasks (DP policies batch by default '
+                   'where the calibrated batch latency is cheaper)')
     p.add_argument('--no-charge-decisions', action='store_true',
-                   help='do not charge the policy\'s own decision time to the worker')
+                   help="do not charge the policy's own decision time to the worker")
     p.add_argument('--weights', help='per-camera weights, comma-separated')
     p.add_argument('--rate-ratios', help='per-camera relative frame rates, comma-separated')
     p.add_argument('--json', action='store_true', help='print one JSON object')
@@ -200,8 +202,58 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from anytime_infer.demo import run_demo
+    return run_demo(args.model, args.rate, args.seconds, args.policy, args.deadline_ms)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser('demo', help='play the bundled sample frames on two cameras through '
+                       'the node and report', description='Starts anytime_infer_node with '
+                       'config/anytime_infer.yaml as a separate process, publishes the '
+                       'bundled sample frames on camera_front/image_raw and '
+                       'camera_rear/image_raw, shows a live progress line and ends with a '
+                       'report (frames, outcomes, accuracy, depth, latency).')
+    p.add_argument('--model', default='fashion_mnist')
+    p.add_argument('--rate', type=float, default=30.0, help='frames per second per camera')
+    p.add_argument('--seconds', type=float, default=20.0)
+    p.add_argument('--policy', default='imprecise_dp')
+    p.add_argument('--deadline-ms', type=float, default=40.0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_export_samples(args: argparse.Namespace) -> int:
+    from anytime_infer.demo import export_samples
+    print('wrote ' + export_samples(args.model, args.count, args.seed))
+    return 0
+
+
+def _add_export_samples(sub) -> None:
+    p = sub.add_parser('export-samples', help='bundle sample frames of the test split for '
+                       'the demo and the tests')
+    p.add_argument('--model', default='fashion_mnist')
+    p.add_argument('--count', type=int, default=500)
+    p.add_argument('--seed', type=int, default=0)
+    p.set_defaults(func=_cmd_export_samples)
+
+
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    from anytime_infer.bench_model import bench_model
+    print(bench_model(args.models.split(','), args.device, runs=args.runs))
+    return 0
+
+
+def _add_bench_model(sub) -> None:
+    p = sub.add_parser('bench-model', help='per-stage latency / throughput per batch size '
+                       'and peak memory of the bundled models')
+    p.add_argument('--models', default='fashion_mnist,traffic_lights')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--runs', type=int, default=100)
+    p.set_defaults(func=_cmd_bench_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+    """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog='anytime-infer',
         description='Anytime multi-exit inference under an imprecise-computation scheduler.')
@@ -213,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
-                          _add_bench]
+                          _add_bench, _add_bench_model, _add_demo, _add_export_samples]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -4,14 +4,13 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 from anytime_infer.scheduler.policies import make_policy, POLICY_NAMES
-from anytime_infer.scheduler.profile import (load_profile, ModelProfile, profile_from_dict,
-                                             synthetic_latency)
+from anytime_infer.scheduler.profiles import load_profile, ModelProfile, \
+    profile_from_dict, synthetic_latency
 from anytime_infer.scheduler.simulator import make_streams, simulate
 from anytime_infer.scheduler.timing import StageTimes
-from anytime_infer.scheduler.trace import read_trace, tables_from_trace, Trace
+from anytime_infer.scheduler.traces import read_trace, tables_from_trace, Trace
+import numpy as np
 
 TRACE_FILE = 'trace_test.csv.gz'
 
@@ -26,7 +25,7 @@ class Source:
 
 
 def bundled_source(model: str) -> Source:
-    """A bundled model (or model folder): its profile and its test-split trace."""
+    """Load a bundled model (or model folder): its profile and its test-split trace."""
     from anytime_infer.model.store import resolve_model_dir
     folder = resolve_model_dir(model)
     trace_path = os.path.join(folder, TRACE_FILE)
@@ -38,7 +37,8 @@ def bundled_source(model: str) -> Source:
 
 
 def trace_source(path: str, stage_ms: Sequence[float], seed: int = 0) -> Source:
-    """A trace from elsewhere with mean stage latencies.
+    """
+    Load a trace from elsewhere, with mean stage latencies.
 
     Its samples are split in half (seeded): one half builds the utility tables, frames are
     drawn from the other, so the tables are never fitted on the frames they are judged on.
@@ -64,7 +64,7 @@ def trace_source(path: str, stage_ms: Sequence[float], seed: int = 0) -> Source:
 def run_policy(src: Source, policy: str, load: float, depth: Optional[int] = None,
                cameras: int = 4, deadline_periods: float = 2.0, frames: int = 3000,
                seed: int = 0, arrival: str = 'periodic', percentile: int = 95,
-               adapt: bool = True, batching: bool = False, charge_decisions: bool = True,
+               adapt: bool = True, batching: bool = True, charge_decisions: bool = True,
                weights: Optional[List[float]] = None,
                rate_ratios: Optional[List[float]] = None) -> Dict:
     """Simulate one policy at one load; return the summary dict (JSON-ready)."""
@@ -115,13 +115,13 @@ def sweep(src: Source, loads: Sequence[float] = LOADS, frames: int = 2000, seed:
 
 
 def ablations(src: Source, load: float = 3.0, frames: int = 2000, seed: int = 11) -> List[Dict]:
-    """What each addition beyond the paper is worth, at one load, for imprecise_dp."""
-    base = dict(frames=frames, seed=seed)
+    """Measure what each addition beyond the paper is worth, at one load."""
+    base = {'frames': frames, 'seed': seed}
     cases = [
         ('imprecise_dp (all on)', 'imprecise_dp', {}),
         ('no stage-time percentile (plan on p50)', 'imprecise_dp', {'percentile': 50}),
         ('no measured-time updates', 'imprecise_dp', {'adapt': False}),
-        ('batching on', 'imprecise_dp', {'batching': True}),
+        ('no batching', 'imprecise_dp', {'batching': False}),
         ('decision time not charged', 'imprecise_dp', {'charge_decisions': False}),
         ('flat utility (no input dependence)', 'imprecise_dp_flat', {}),
         ('poisson arrivals', 'imprecise_dp', {'arrival': 'poisson'}),

@@ -5,7 +5,8 @@ import tempfile
 
 
 def apply_ros_env_defaults() -> None:
-    """Set what a ROS 2 process needs when the caller has not set it.
+    """
+    Set what a ROS 2 process needs when the caller has not set it.
 
     - ``AMENT_PREFIX_PATH``: a virtual environment holding the ROS wheels is laid out as an
       install prefix; without this, ``get_package_share_directory`` and rosidl fail.

@@ -1,12 +1,11 @@
 """Small synthetic profiles and traces for scheduler tests (no torch, no files)."""
+from anytime_infer.scheduler.profiles import profile_from_dict, synthetic_latency
+from anytime_infer.scheduler.traces import tables_from_trace, Trace
 import numpy as np
-
-from anytime_infer.scheduler.profile import profile_from_dict, synthetic_latency
-from anytime_infer.scheduler.trace import tables_from_trace, Trace
 
 
 def synthetic_trace(n: int = 2000, exits: int = 4, seed: int = 0) -> Trace:
-    """Exits that get better with depth; confidence is informative of correctness."""
+    """Make exits that get better with depth; confidence tells of correctness."""
     rng = np.random.default_rng(seed)
     difficulty = rng.random(n)
     base = np.linspace(0.55, 0.92, exits)
@@ -17,7 +16,7 @@ def synthetic_trace(n: int = 2000, exits: int = 4, seed: int = 0) -> Trace:
 
 
 def synthetic_profile(stage_ms=(0.3, 1.0, 1.0, 1.0), trace: Trace = None):
-    """A profile with lognormal stage times and tables from a synthetic trace."""
+    """Make a profile with lognormal stage times and tables from a synthetic trace."""
     trace = trace or synthetic_trace(exits=len(stage_ms))
     acc, edges, cond = tables_from_trace(trace)
     return profile_from_dict({'num_stages': len(stage_ms),

@@ -70,7 +70,7 @@ def test_rosbags_writes_and_reads_messages_in_mcap(tmp_path, repo_root):
     assert deserialize_message(bytes(data), DetectionArray) == msg
 
 
-PUBLISHER = textwrap.dedent('''
+PUBLISHER = textwrap.dedent("""
     import sys, time
     import rclpy
     from anytime_infer.msg import DetectionArray, Detection
@@ -86,7 +86,7 @@ PUBLISHER = textwrap.dedent('''
         pub.publish(msg)
         i += 1
         rclpy.spin_once(node, timeout_sec=0.05)
-''')
+""")
 
 
 @pytest.mark.slow

@@ -3,16 +3,15 @@ import math
 import sys
 import time
 
-import numpy as np
-import pytest
-
 from anytime_infer.scheduler import make_policy, POLICY_NAMES, Task
 from anytime_infer.scheduler.dp import brute_force, is_feasible, solve, TaskOptions, \
     total_reward
-from anytime_infer.scheduler.profile import profile_from_dict, ProfileError, \
+from anytime_infer.scheduler.profiles import profile_from_dict, ProfileError, \
     synthetic_latency
 from anytime_infer.scheduler.simulator import make_streams, simulate
 from anytime_infer.scheduler.task import INFEASIBLE
+import numpy as np
+import pytest
 from sched_helpers import synthetic_profile, synthetic_trace
 
 

@@ -1,4 +1,5 @@
-"""Calibration on the device in use: stage latencies and exit confidence tables.
+"""
+Calibration on the device in use: stage latencies and exit confidence tables.
 
 Latency: every stage at batch sizes 1, 2, 4, 8, ... after warm-up, timed with CUDA
 synchronisation on a GPU and a monotonic clock on the CPU; p50/p95/p99, mean and the
@@ -11,14 +12,13 @@ import platform
 import time
 from typing import Dict, List, Sequence
 
-import numpy as np
-import torch
-
 from anytime_infer.model.data import load_dataset, to_tensor_batch
 from anytime_infer.model.store import CARD, load_model, PROFILE, read_json, write_json
 from anytime_infer.model.train import exit_predictions
-from anytime_infer.scheduler.profile import QUANTILE_LEVELS
-from anytime_infer.scheduler.trace import conditional_edges, smoothed_bin_rates
+from anytime_infer.scheduler.profiles import QUANTILE_LEVELS
+from anytime_infer.scheduler.traces import conditional_edges, smoothed_bin_rates
+import numpy as np
+import torch
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -35,9 +35,15 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the NLL (golden-section search on log T in [-3, 3])."""
-    lo, hi = -3.0, 3.0
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.25,
+                    high: float = 8.0) -> float:
+    """
+    Fit the temperature minimising the NLL (golden-section search on log T).
+
+    T is kept within [low, high]: an exit that is right on every validation sample (the
+    small traffic-light set) would otherwise be sharpened without bound.
+    """
+    lo, hi = np.log(low), np.log(high)
     g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
@@ -54,7 +60,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error with equal-width confidence bins."""
+    """Compute the expected calibration error (equal-width confidence bins)."""
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
     total = 0.0
@@ -74,31 +80,43 @@ def sync(device: torch.device) -> None:
 @torch.inference_mode()
 def measure_latency(net, shape: Sequence[int], device: torch.device,
                     batches: Sequence[int] = (1, 2, 4, 8), runs: int = 200,
-                    warmup: int = 20) -> List[Dict[str, Dict]]:
-    """Latency statistics (ms) of every stage at every batch size."""
-    out: List[Dict[str, Dict]] = [{} for _ in range(net.num_stages)]
+                    warmup_s: float = 2.0) -> List[Dict[str, Dict]]:
+    """
+    Latency statistics (ms) of every stage at every batch size.
+
+    The whole network is first run for ``warmup_s`` at every batch size (thread pools,
+    allocator and kernel selection settle); then the stages are timed round-robin, one run
+    of each (stage, batch) per round, so that slow drifts of the machine spread over all
+    of them instead of biasing whichever was measured first.
+    """
+    inputs = {}
     for b in batches:
-        x = torch.randn(b, *shape, device=device)
-        states = [x]
+        states = [torch.randn(b, *shape, device=device)]
         for k in range(1, net.num_stages + 1):
             states.append(net.run_stage(k, states[-1])[0])
-        for k in range(1, net.num_stages + 1):
-            inp = states[k - 1]
-            for _ in range(warmup):
-                net.run_stage(k, inp)
+        inputs[b] = states
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        for b in batches:
+            net(inputs[b][0])
+    sync(device)
+    samples: Dict[tuple, List[float]] = {(k, b): [] for k in range(1, net.num_stages + 1)
+                                         for b in batches}
+    for _ in range(runs):
+        for (k, b), acc in samples.items():
+            inp = inputs[b][k - 1]
+            t0 = time.perf_counter()
+            net.run_stage(k, inp)
             sync(device)
-            samples = []
-            for _ in range(runs if b <= 2 else max(runs // 2, 20)):
-                t0 = time.perf_counter()
-                net.run_stage(k, inp)
-                sync(device)
-                samples.append((time.perf_counter() - t0) * 1000.0)
-            s = np.array(samples)
-            out[k - 1][str(b)] = {
-                'p50_ms': float(np.percentile(s, 50)), 'p95_ms': float(np.percentile(s, 95)),
-                'p99_ms': float(np.percentile(s, 99)), 'mean_ms': float(s.mean()),
-                'quantiles_ms': [float(q) for q in np.quantile(s, QUANTILE_LEVELS)],
-                'runs': int(len(s))}
+            acc.append((time.perf_counter() - t0) * 1000.0)
+    out: List[Dict[str, Dict]] = [{} for _ in range(net.num_stages)]
+    for (k, b), acc in samples.items():
+        s = np.array(acc)
+        out[k - 1][str(b)] = {
+            'p50_ms': float(np.percentile(s, 50)), 'p95_ms': float(np.percentile(s, 95)),
+            'p99_ms': float(np.percentile(s, 99)), 'mean_ms': float(s.mean()),
+            'quantiles_ms': [float(q) for q in np.quantile(s, QUANTILE_LEVELS)],
+            'runs': int(len(s))}
     return out
 
 

@@ -1,4 +1,5 @@
-"""Labelled image sets from registry packages or a user's folder, with recorded splits.
+"""
+Labelled image sets from registry packages or a user's folder, with recorded splits.
 
 Every data set yields uint8 images (N, H, W, C) resized to the model's input size, integer
 labels and class names. Splits (train / validation / test) are index lists drawn with a
@@ -32,8 +33,8 @@ class Preprocess:
 
     def to_dict(self) -> Dict:
         """Plain dict for the model card."""
-        return dict(height=self.height, width=self.width, channels=self.channels,
-                    mean=list(self.mean), std=list(self.std))
+        return {'height': self.height, 'width': self.width, 'channels': self.channels,
+                'mean': list(self.mean), 'std': list(self.std)}
 
 
 @dataclass
@@ -78,7 +79,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int
 
 def load_fashion_mnist(root: Optional[str] = None, seed: int = 0,
                        val_fraction: float = 0.1) -> Dataset:
-    """Fashion-MNIST from Debian's dataset-fashion-mnist (official train / test files).
+    """
+    Fashion-MNIST from Debian's dataset-fashion-mnist (official train / test files).
 
     The official training set is split into train and validation (stratified, seeded); the
     official test set is the test split.
@@ -130,7 +132,8 @@ IMAGENET = Preprocess(64, 32, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 def load_image_folder(root: str, pre: Preprocess = IMAGENET, seed: int = 0,
                       val_fraction: float = 0.15, test_fraction: float = 0.15,
                       name: Optional[str] = None) -> Dataset:
-    """An ImageFolder-style set: ``root/<class>/*.jpg``, or ``root/{train,test}/<class>/``.
+    """
+    Load an ImageFolder-style set: ``root/<class>/*.jpg`` or ``root/{train,test}/<class>/``.
 
     With train/ and test/ folders the test split is the test folder; otherwise a seeded
     stratified test split is drawn. Validation is always drawn from the training part.
@@ -190,7 +193,7 @@ def load_traffic_lights(seed: int = 0) -> Dataset:
 
 
 def load_dataset(name: str, seed: int = 0, images: Optional[str] = None) -> Dataset:
-    """A data set by bundled model name, or a user's image folder."""
+    """Load a data set by bundled model name, or a user's image folder."""
     if images:
         return load_image_folder(images, IMAGENET, seed=seed, name=name)
     if name == 'fashion_mnist':

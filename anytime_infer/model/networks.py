@@ -1,4 +1,5 @@
-"""Multi-exit ("anytime") networks that run one stage at a time.
+"""
+Multi-exit ("anytime") networks that run one stage at a time.
 
 Stage k takes the state left by stage k-1 (the input image for k = 1) and returns the new
 state and the logits of exit k. ``forward`` runs every stage and returns all exits' logits,
@@ -24,7 +25,7 @@ class MultiExitNet(nn.Module):
 
     @property
     def num_stages(self) -> int:
-        """Number of stages (= exits); stage 1 is the mandatory one."""
+        """Return the number of stages (= exits); stage 1 is the mandatory one."""
         return len(self.stages)
 
     def run_stage(self, k: int, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +56,8 @@ def _exit(channels: int, pool: int, num_classes: int) -> nn.Sequential:
 
 
 class SmallExitCNN(MultiExitNet):
-    """A 4-exit CNN for small grey images (Fashion-MNIST, 28x28).
+    """
+    A 4-exit CNN for small grey images (Fashion-MNIST, 28x28).
 
     The mandatory stage is one thin convolution; the optional ones are wide pairs and the
     exit heads are deliberately small, so that early exits are cheap but weaker: the
@@ -71,7 +73,7 @@ class SmallExitCNN(MultiExitNet):
             nn.Sequential(_conv_bn(96, 128), _conv_bn(128, 128)),                    # 7
             nn.Sequential(_conv_bn(128, 160), _conv_bn(160, 160), nn.MaxPool2d(2)),  # 3
         ]
-        exits = [_exit(24, 1, num_classes), _exit(96, 2, num_classes),
+        exits = [_exit(24, 2, num_classes), _exit(96, 1, num_classes),
                  _exit(128, 2, num_classes),
                  nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
                                nn.Linear(160, num_classes))]
@@ -79,7 +81,8 @@ class SmallExitCNN(MultiExitNet):
 
 
 class MobileNetV2Exits(MultiExitNet):
-    """torchvision's MobileNetV2 backbone (ImageNet weights) cut into stages with exits.
+    """
+    torchvision's MobileNetV2 backbone (ImageNet weights) cut into stages with exits.
 
     Only the first blocks of the backbone are used (up to the 96-channel block, at 1/16
     of the input resolution): for small road crops they suffice, and they keep the

@@ -1,4 +1,5 @@
-"""Saving and safely loading a model folder: weights.pt, card.json, profile.json.
+"""
+Saving and safely loading a model folder: weights.pt, card.json, profile.json.
 
 Weights are loaded only with ``torch.load(weights_only=True)``; the sha256 recorded in the
 card is checked first; a file that is corrupt, truncated or made for another architecture
@@ -9,9 +10,8 @@ import json
 import os
 from typing import Dict, Tuple
 
-import torch
-
 from anytime_infer.model.networks import build, MultiExitNet
+import torch
 
 WEIGHTS = 'weights.pt'
 CARD = 'card.json'
@@ -42,7 +42,7 @@ def bundled_models() -> Dict[str, str]:
 
 
 def resolve_model_dir(model: str) -> str:
-    """A bundled model name or a path to a model folder -> the folder."""
+    """Resolve a bundled model name or a path to a model folder."""
     bundled = bundled_models()
     if model in bundled:
         return bundled[model]

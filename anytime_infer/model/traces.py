@@ -1,13 +1,12 @@
 """Writing trace files: every test image's prediction and calibrated confidence per exit."""
 import os
 
-import numpy as np
-
 from anytime_infer.model.calibrate import softmax
 from anytime_infer.model.data import load_dataset
 from anytime_infer.model.store import load_model, PROFILE, read_json, resolve_model_dir
 from anytime_infer.model.train import exit_predictions
-from anytime_infer.scheduler.trace import write_trace
+from anytime_infer.scheduler.traces import write_trace
+import numpy as np
 
 
 def make_trace(model: str, out: str, device: str = 'cpu', split: str = 'test') -> int:

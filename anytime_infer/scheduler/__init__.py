@@ -1,4 +1,5 @@
-"""The imprecise-computation scheduler: tasks, utility, policies, simulator (numpy only).
+"""
+The imprecise-computation scheduler: tasks, utility, policies, simulator (numpy only).
 
 Nothing here imports torch or rclpy: the scheduler can be read, tested and benchmarked
 alone, and the executor (torch) and the node (ROS) ask it what to do.

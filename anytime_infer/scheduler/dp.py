@@ -1,22 +1,31 @@
-"""The dynamic program of Yao et al. (RTCSA 2020) over tasks in deadline order.
+"""
+The dynamic program of Yao et al. (RTCSA 2020) over tasks in deadline order.
 
-Given tasks 1..n in EDF order, each with options (depth, reward, remaining time), find one
-option per task maximising total reward such that, running the tasks one after another in
-that order, every task that still has work finishes by its deadline.
+Given tasks 1..n in EDF order, each with options (depth, reward, remaining time), choose
+one option per task maximising total reward such that, running the tasks one after another
+in that order, every task that still has work finishes by its deadline. Rewards are
+quantised to integer multiples of ``quantum`` (default 0.01 of expected accuracy x weight).
 
-Rewards are quantised to integer multiples of ``quantum`` (default 0.01 expected-accuracy
-points x weight). Table: for tasks 1..i and total quantised extra reward r, the minimum
-finish time T_i[r] and the option achieving it; an option whose finish time exceeds the
-task's deadline is discarded. The best r with a finite T_n[r] wins; depths come from
-backtracking. Options with no remaining work (stop now) finish at once and carry no
-deadline constraint.
+The paper's table keeps, for tasks 1..i and total reward r, the minimum finish time. This
+module keeps the same table from the other end, which is equivalent and cheaper to keep
+current: for the suffix i..n and total (extra) reward r, the *latest start time* S_i[r] at
+which tasks i..n can still all meet their deadlines,
 
-Complexity: O(n * m * R) time and O(n * R) memory, with m options per task (<= L + 1)
-and R = sum over tasks of their reward span / quantum; vectorised over r with numpy, so
-the Python-level work is O(n).
+    S_i[r] = max_o  min(d_i, S_{i+1}[r - q_io]) - c_io      (c_io > 0)
+                    S_{i+1}[r - q_io]                       (no work left: stop now)
+
+with S_{n+1}[0] = +inf. The best plan at time t is the largest r with S_1[r] >= t. Suffix
+tables do not depend on t nor on the tasks before them, so when the front task finishes a
+stage (the common event) only its own choice is re-evaluated against the cached S_2, and
+when it is published S_3 is already there; an arrival (appended at the end in EDF order)
+rebuilds the tables.
+
+Complexity: O(n * m * R) time and O(n * R) memory for a rebuild, with m <= L + 1 options
+per task and R = sum of the tasks' reward spans / quantum; O(m * R) for a front update.
+Both are vectorised over r with numpy, so the Python-level work is O(n) and O(1).
 """
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,78 +40,150 @@ class TaskOptions:
     rewards: Sequence[float]
     times: Sequence[float]        # remaining time (s) to reach each depth
     deadline: float
+    _q: Optional[np.ndarray] = None
+    _quantum: float = 0.0
+
+    def levels(self, quantum: float) -> np.ndarray:
+        """Quantised reward levels (cached per quantum)."""
+        if self._q is None or self._quantum != quantum:
+            self._q, self._quantum = quantise(self.rewards, quantum), quantum
+        return self._q
+
+
+def quantise(rewards: Sequence[float], quantum: float) -> np.ndarray:
+    """Integer reward levels above the task's smallest option."""
+    q = np.rint(np.asarray(rewards, dtype=float) / quantum).astype(np.int64)
+    return q - q.min()
+
+
+@dataclass
+class Row:
+    """S_i and the option achieving each entry, for one task of the suffix."""
+
+    latest_start: np.ndarray
+    choice: np.ndarray
+    q: np.ndarray
+
+
+BASE = np.array([INF])
+_NEG = np.full(4096, -INF)
+_INDEX: dict = {}
+
+
+def _gather_index(q: np.ndarray, span: int, size: int) -> np.ndarray:
+    key = (q.tobytes(), size)
+    idx = _INDEX.get(key)
+    if idx is None:
+        if len(_INDEX) > 4096:
+            _INDEX.clear()
+        idx = (span - q)[:, None] + np.arange(size)[None, :]
+        _INDEX[key] = idx
+    return idx
+
+
+def suffix_row(opt: TaskOptions, after: np.ndarray, quantum: float) -> Row:
+    """S_i from S_{i+1} (``after``) for one task (about six numpy calls)."""
+    q = opt.levels(quantum)
+    span = int(q.max())
+    size = len(after) + span
+    if span <= len(_NEG):
+        padded = np.concatenate((_NEG[:span], after, _NEG[:span]))
+    else:
+        padded = np.concatenate((np.full(span, -INF), after, np.full(span, -INF)))
+    cand = padded[_gather_index(q, span, size)]
+    times = np.asarray(opt.times, dtype=float)
+    # Options with work must end by the deadline; "stop now" has no deadline to meet.
+    limit = np.where(times > 0, opt.deadline, INF)
+    np.minimum(cand, limit[:, None], out=cand)
+    cand -= times[:, None]
+    choice = cand.argmax(axis=0)
+    return Row(cand.max(axis=0), choice, q)
+
+
+def build_rows(opts: Sequence[TaskOptions], quantum: float,
+               reuse: Optional[List[Row]] = None,
+               base: Optional[np.ndarray] = None) -> List[Row]:
+    """
+    Rows for a suffix of tasks (last task last); ``reuse`` holds valid rows of a tail.
+
+    ``base`` is the latest start allowed after the last task (default: unbounded).
+    """
+    reuse = reuse or []
+    rows: List[Row] = list(reuse)
+    after = rows[0].latest_start if rows else (BASE if base is None else base)
+    for opt in reversed(opts[:len(opts) - len(reuse)]):
+        row = suffix_row(opt, after, quantum)
+        rows.insert(0, row)
+        after = row.latest_start
+    return rows
+
+
+def best_level(latest_start: np.ndarray, start: float) -> int:
+    """Largest r whose latest start is at or after ``start`` (-1 if none)."""
+    ok = np.flatnonzero(latest_start >= start)
+    return int(ok[-1]) if ok.size else -1
+
+
+def backtrack(rows: Sequence[Row], level: int) -> List[int]:
+    """Option index of every task of the suffix for a total level."""
+    picked = []
+    for row in rows:
+        o = int(row.choice[level])
+        picked.append(o)
+        level -= int(row.q[o])
+    return picked
+
+
+def choose_front(now: float, front: TaskOptions, rest: Sequence[Row],
+                 quantum: float, base: Optional[np.ndarray] = None) -> Tuple[int, List[int]]:
+    """
+    Best option of the front task given the cached suffix tables of the others.
+
+    Exact: the DP over front + rest is max_o q_o + best(rest starting at now + c_o).
+    """
+    q = front.levels(quantum)
+    after = rest[0].latest_start if rest else (BASE if base is None else base)
+    best_total, best_o, best_r = -1, -1, -1
+    for o, (c, qo) in enumerate(zip(front.times, q)):
+        end = now + c
+        if c > 0 and end > front.deadline:
+            continue
+        r = best_level(after, end)
+        if r >= 0 and qo + r > best_total:
+            best_total, best_o, best_r = int(qo + r), o, r
+    if best_o < 0:
+        raise ValueError('no feasible assignment: shed infeasible tasks before planning')
+    return best_o, (backtrack(rest, best_r) if rest else [])
 
 
 def solve(now: float, tasks: List[TaskOptions], quantum: float = 0.01) -> List[int]:
-    """Return the chosen option index of every task (same order as ``tasks``).
+    """
+    Return the chosen option index of every task (same order as ``tasks``).
 
     Every task must have at least one option that is feasible on its own at ``now``;
-    the caller sheds the others first. Options are tried in the given order, and on a tie
-    (same quantised reward, same finish time) the earlier option is kept.
+    the caller sheds the others first.
     """
-    n = len(tasks)
-    if n == 0:
+    if not tasks:
         return []
-    # Integer extra reward above each task's smallest option, so R stays small.
-    q_rewards = []
-    for t in tasks:
-        r = np.rint(np.asarray(t.rewards, dtype=float) / quantum).astype(np.int64)
-        q_rewards.append(r - r.min())
-    size = 1
-    finish = np.full(1, now)
-    choices = []
-    for t, qr in zip(tasks, q_rewards):
-        span = int(qr.max())
-        new_size = size + span
-        padded = np.full(new_size + span, INF)
-        padded[span:span + size] = finish
-        times = np.asarray(t.times, dtype=float)
-        # cand[o, r] = finish[r - qr[o]] + times[o]
-        idx = (span - qr)[:, None] + np.arange(new_size)[None, :]
-        cand = padded[idx] + times[:, None]
-        late = (cand > t.deadline) & (times[:, None] > 0)
-        cand[late] = INF
-        best = np.argmin(cand, axis=0)
-        finish = cand[best, np.arange(new_size)]
-        choices.append(best)
-        size = new_size
-    feasible = np.flatnonzero(np.isfinite(finish))
-    if feasible.size == 0:
-        raise ValueError('no feasible assignment: shed infeasible tasks before planning')
-    r = int(feasible[-1])
-    picked = [0] * n
-    for i in range(n - 1, -1, -1):
-        o = int(choices[i][r])
-        picked[i] = o
-        r -= int(q_rewards[i][o])
-    return picked
+    rest = build_rows(tasks[1:], quantum)
+    o, picked = choose_front(now, tasks[0], rest, quantum)
+    return [o] + picked
 
 
 def brute_force(now: float, tasks: List[TaskOptions], quantum: float = 0.01) -> int:
     """Best total quantised extra reward by enumeration (for tests on small instances)."""
     import itertools
-    q_rewards = [np.rint(np.asarray(t.rewards) / quantum).astype(int) for t in tasks]
-    q_rewards = [q - q.min() for q in q_rewards]
+    q_rewards = [quantise(t.rewards, quantum) for t in tasks]
     best = -1
     for combo in itertools.product(*[range(len(t.depths)) for t in tasks]):
-        clock, ok = now, True
-        for t, o in zip(tasks, combo):
-            clock += t.times[o]
-            if t.times[o] > 0 and clock > t.deadline:
-                ok = False
-                break
-        if ok:
+        if is_feasible(now, tasks, list(combo)):
             best = max(best, sum(int(q[o]) for q, o in zip(q_rewards, combo)))
     return best
 
 
 def total_reward(tasks: List[TaskOptions], picked: List[int], quantum: float = 0.01) -> int:
     """Quantised extra reward of an assignment (same measure as ``brute_force``)."""
-    total = 0
-    for t, o in zip(tasks, picked):
-        q = np.rint(np.asarray(t.rewards) / quantum).astype(int)
-        total += int(q[o] - q.min())
-    return total
+    return sum(int(quantise(t.rewards, quantum)[o]) for t, o in zip(tasks, picked))
 
 
 def is_feasible(now: float, tasks: List[TaskOptions], picked: List[int]) -> bool:

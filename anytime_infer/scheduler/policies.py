@@ -1,19 +1,20 @@
-"""Scheduling policies behind one interface, chosen by name.
+"""
+Scheduling policies behind one interface, chosen by name.
 
 A policy answers, at time ``now`` for the pending tasks: which tasks' next stage runs now,
 which tasks are finished (publish now at their depth) and which are dropped (with a
 reason). ``anytime`` policies also have results published at a task's deadline from its
 deepest completed exit; the plain-detector baselines publish only at their fixed depth.
 """
+import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
-from anytime_infer.scheduler.dp import solve, TaskOptions
-from anytime_infer.scheduler.profile import ModelProfile
+from anytime_infer.scheduler.dp import build_rows, choose_front, INF, Row, TaskOptions
+from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, QUEUE_FULL, Task
 from anytime_infer.scheduler.timing import StageTimes
 from anytime_infer.scheduler.utility import OracleUtility, Utility
+import numpy as np
 
 POLICY_NAMES = ('imprecise_dp', 'imprecise_dp_flat', 'fifo_full', 'latest_full', 'edf_full',
                 'mandatory_only', 'fixed_depth', 'greedy', 'oracle')
@@ -32,11 +33,11 @@ class Policy:
         self.times = times or StageTimes(profile)
 
     def decide(self, now: float, tasks: Sequence[Task]) -> Decision:
-        """What to do now with the pending tasks."""
+        """Decide what to do now with the pending tasks."""
         raise NotImplementedError
 
     def expected_accuracy(self, task: Task) -> float:
-        """Expected accuracy of the task's current result (for the published message)."""
+        """Return the expected accuracy of the task's current result (for publishing)."""
         if task.stages_done == 0:
             return 0.0
         conf = task.last_confidence
@@ -49,7 +50,8 @@ def _edf(tasks: Sequence[Task]) -> List[Task]:
 
 
 class FixedDepth(Policy):
-    """Run every task to a fixed depth in EDF order; shed a task that cannot reach it.
+    """
+    Run every task to a fixed depth in EDF order; shed a task that cannot reach it.
 
     ``mandatory_only`` is depth 1 and ``edf_full`` is full depth without shedding (the
     classic EDF that also runs late work).
@@ -127,32 +129,46 @@ class LatestFull(FifoFull):
 
 
 class ImpreciseDP(Policy):
-    """The paper's policy: EDF order, depths chosen by a DP over quantised reward.
+    """
+    The paper's policy: EDF order, depths chosen by a DP over quantised reward.
 
     Beyond the paper: tasks whose mandatory stage can no longer finish are dropped at once
-    (``infeasible``); plans use a high percentile of stage time; slack left after the DP is
-    spent on deeper stages (with slack, prefer depth); the same stage of several tasks may
-    be batched when calibration says batching is cheaper; only the ``horizon`` earliest
-    deadlines are planned exactly (a queue of thousands stays bounded in time).
+    (``infeasible``); plans use a high percentile of stage time and start after the
+    planner's own (measured) decision time; slack left after the DP is spent on deeper
+    stages (with slack, prefer depth); the same stage of several tasks may be batched when
+    calibration says batching is cheaper and every deadline still holds; only the
+    ``horizon`` earliest deadlines are planned exactly (a queue of thousands stays bounded
+    in time). The DP's suffix tables are kept between decisions (see ``dp``), so a stage
+    completion of the front task costs one table lookup, not a new DP.
     """
 
     name = 'imprecise_dp'
     anytime = True
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None,
-                 flat: bool = False, quantum: float = 0.01, horizon: int = 32,
-                 batching: bool = False, max_batch: int = 8, utility=None) -> None:
+                 flat: bool = False, quantum: float = 0.01, horizon: int = 6,
+                 batching: bool = False, max_batch: int = 8, utility=None,
+                 lazy: bool = True) -> None:
         super().__init__(profile, times)
         self.utility = utility or Utility(profile, flat=flat)
+        self.lazy = lazy
         self.quantum = quantum
         self.horizon = horizon
         self.batching = batching
         self.max_batch = max_batch
+        self._win_keys: List[tuple] = []
+        self._win_rows: List[Row] = []
+        self._win_reserve = INF
+        self._opt_cache: Dict[tuple, TaskOptions] = {}
+        self._decision_s = 0.0          # this policy's own time per decision (s)
+        self._recent: List[float] = []
+        self.min_slack = np.inf
         if flat:
             self.name = 'imprecise_dp_flat'
 
     # -- planning -------------------------------------------------------------------------
-    def _options(self, t: Task, u: np.ndarray) -> TaskOptions:
+    def _options(self, t: Task) -> TaskOptions:
+        u = self.utility.expected(t)
         lo = max(t.stages_done, 1)
         depths = list(range(lo, self.n + 1))
         times, acc = [], 0.0
@@ -163,70 +179,165 @@ class ImpreciseDP(Policy):
         rewards = [t.weight * u[depth] for depth in depths]
         return TaskOptions(depths, rewards, times, t.deadline)
 
+    def _key(self, t: Task) -> tuple:
+        return (t.task_id, t.stages_done, t.deadline, t.weight, self.times.version)
+
+    @staticmethod
+    def _reserve(tasks: Sequence[Task], p1: float) -> float:
+        """Latest start of the mandatory stages of ``tasks`` (EDF order), run back to back."""
+        reserve, need = INF, 0.0
+        for t in tasks:
+            if t.stages_done == 0:
+                need += p1
+                reserve = min(reserve, t.deadline - need)
+        return reserve
+
+    def _window(self, rest_all: List[Task]):
+        """
+        Tasks after the front that the DP plans exactly, their suffix tables and the base.
+
+        The window is the ``horizon`` earliest deadlines after the front; the mandatory
+        stages of the tasks after it are reserved behind it (``reserve``: the latest time
+        that block may start), so no plan starves them. Suffix tables stay valid while the
+        window's tasks are unchanged, so the window is kept (shrinking from the front as
+        tasks are published) and rebuilt only when a task in it changed, a task arrived
+        ahead of it, it fell below half the horizon, or the reserve behind it tightened.
+        """
+        p1 = self.times.plan(1)
+        keys = self._win_keys
+        n_cached = len(keys)
+        for j in range(n_cached):
+            m = n_cached - j
+            if m < max(1, self.horizon // 2) or m > len(rest_all):
+                break
+            if all(self._key(t) == k for t, k in zip(rest_all[:m], keys[j:])):
+                reserve = self._reserve(rest_all[m:], p1)
+                if reserve >= rest_all[m - 1].deadline:
+                    reserve = INF
+                if reserve >= self._win_reserve:
+                    self._win_keys, self._win_rows = keys[j:], self._win_rows[j:]
+                    return rest_all[:m], self._win_rows, self._win_reserve
+                break
+        window = rest_all[:self.horizon - 1]
+        reserve = self._reserve(rest_all[len(window):], p1)
+        if window and reserve >= window[-1].deadline:
+            reserve = INF    # nothing after the window can constrain it
+        opts = [self._opt_cache.get(self._key(t)) or self._options(t) for t in window]
+        rows = build_rows(opts, self.quantum, base=np.array([reserve]))
+        self._win_keys = [self._key(t) for t in window]
+        self._win_rows, self._win_reserve = rows, reserve
+        return window, rows, reserve
+
     def plan(self, now: float, tasks: Sequence[Task]):
         """Return (planned depth per task id, dropped (id, reason), deferred ids)."""
+        start = now + self._decision_s
         drops, live = [], []
         p1 = self.times.plan(1)
         for t in tasks:
-            if t.stages_done == 0 and now + p1 > t.deadline:
+            if t.stages_done == 0 and start + p1 > t.deadline:
                 drops.append((t.task_id, INFEASIBLE))
             else:
                 live.append(t)
         live = _edf(live)
-        planned = live[:self.horizon]
         # Mandatory stages that do not fit together are deferred (not planned now; they
         # are dropped as infeasible when they no longer fit alone).
-        clock, chosen, deferred = now, [], []
-        for t in planned:
+        clock, chosen, deferred = start, [], []
+        mandatory_slack = INF
+        for t in live:
             need = p1 if t.stages_done == 0 else 0.0
             if need and clock + need > t.deadline:
                 deferred.append(t.task_id)
                 continue
             clock += need
+            if need:
+                mandatory_slack = min(mandatory_slack, t.deadline - clock)
             chosen.append(t)
-        opts = [self._options(t, self.utility.expected(t)) for t in chosen]
-        picked = solve(now, opts, self.quantum)
-        depth = {t.task_id: o.depths[i] for t, o, i in zip(chosen, opts, picked)}
-        self._fill_slack(now, chosen, opts, picked, depth)
-        for t in live[self.horizon:]:
+        depth: Dict[int, int] = {}
+        if self.lazy and chosen and chosen[0].stages_done == 0:
+            # Every plan runs the earliest-deadline task's mandatory stage next, whatever
+            # depths it assigns: the DP is evaluated once a decision depends on it.
+            for t in chosen:
+                if t.stages_done == 0:
+                    depth[t.task_id] = 1
+            self.min_slack = mandatory_slack
+            return depth, drops, deferred
+        beyond: List[Task] = []
+        if chosen:
+            front, rest_all = chosen[0], chosen[1:]
+            rest, rows, reserve = self._window(rest_all)
+            beyond = rest_all[len(rest):]
+            chosen = [front] + rest
+            cache = self._opt_cache
+            keys = [self._key(t) for t in chosen]
+            opts = [cache.get(k) or self._options(t) for k, t in zip(keys, chosen)]
+            self._opt_cache = dict(zip(keys, opts))
+            picked = self._fast_full_depth(start, opts, reserve)
+            if picked is None:
+                o, tail = choose_front(start, opts[0], rows, self.quantum,
+                                       np.array([reserve]))
+                picked = [o] + tail
+            self._fill_slack(start, opts, picked, reserve)
+            for t, o, i in zip(chosen, opts, picked):
+                depth[t.task_id] = o.depths[i]
+        for t in beyond:
             depth[t.task_id] = max(t.stages_done, 1)
         return depth, drops, deferred
 
-    def _fill_slack(self, now: float, chosen: List[Task], opts: List[TaskOptions],
-                    picked: List[int], depth: Dict[int, int]) -> None:
-        """Deepen tasks while every deadline still holds, best expected gain first."""
-        n = len(chosen)
-        if n == 0:
-            return
-        work = np.array([o.times[i] for o, i in zip(opts, picked)])
-        deadlines = np.array([t.deadline for t in chosen])
-        has_work = work > 0
-        while True:
-            finish = now + np.cumsum(work)
-            slack = np.where(has_work, deadlines - finish, np.inf)
-            suffix = np.minimum.accumulate(slack[::-1])[::-1]
-            best, best_gain = None, 0.0
-            for j in range(n):
-                o, i = opts[j], picked[j]
-                if i + 1 >= len(o.depths):
-                    continue
-                extra = o.times[i + 1] - o.times[i]
-                gain = o.rewards[i + 1] - o.rewards[i]
-                own_slack = deadlines[j] - (finish[j] + extra)
-                later = suffix[j + 1] if j + 1 < n else np.inf
-                if gain >= 0 and own_slack >= 0 and later >= extra and \
-                        (best is None or gain > best_gain):
-                    best, best_gain = j, gain
-            if best is None:
-                return
-            o = opts[best]
-            picked[best] += 1
-            work[best] = o.times[picked[best]]
-            has_work[best] = True
-            depth[chosen[best].task_id] = o.depths[picked[best]]
+    @staticmethod
+    def _fast_full_depth(start: float, opts: List[TaskOptions],
+                         reserve: float = INF) -> Optional[List[int]]:
+        """
+        Put every task at its best-reward depth, if that plan meets every deadline.
+
+        Then it is the DP's optimum too (each task at its own maximum), found in O(n).
+        """
+        clock, picked = start, []
+        for o in opts:
+            r = o.rewards
+            i = max(range(len(r)), key=r.__getitem__)
+            t = o.times[i]
+            clock += t
+            if t > 0 and clock > o.deadline:
+                return None
+            picked.append(i)
+        return picked if clock <= reserve else None
+
+    def _fill_slack(self, start: float, opts: List[TaskOptions], picked: List[int],
+                    reserve: float = INF) -> None:
+        """One pass in EDF order: deepen while no deadline breaks (with slack, prefer depth)."""
+        n = len(opts)
+        finish, clock = [], start
+        for o, i in zip(opts, picked):
+            clock += o.times[i]
+            finish.append(clock)
+        # suffix[j]: least slack of the tasks j..n-1 that have work (inf if none).
+        suffix = [INF] * (n + 1)
+        suffix[n] = reserve - finish[-1] if n else INF   # the reserved mandatory block
+        for j in range(n - 1, -1, -1):
+            o = opts[j]
+            own = o.deadline - finish[j] if o.times[picked[j]] > 0 else INF
+            suffix[j] = own if own < suffix[j + 1] else suffix[j + 1]
+        shift = 0.0
+        for j in range(n):
+            o = opts[j]
+            i = picked[j]
+            depths, rewards, times = o.depths, o.rewards, o.times
+            if i + 1 >= len(depths):
+                continue
+            room = min(suffix[j + 1], o.deadline - finish[j]) - shift
+            while i + 1 < len(depths):
+                extra = times[i + 1] - times[i]
+                if rewards[i + 1] < rewards[i] or extra > room:
+                    break
+                i += 1
+                room -= extra
+                shift += extra
+            picked[j] = i
+        self.min_slack = suffix[0] - shift if n else INF
 
     def decide(self, now: float, tasks: Sequence[Task]) -> Decision:
         """Plan, publish tasks at their planned depth, run the next planned stage (EDF)."""
+        t0 = time.perf_counter()
         d = Decision()
         depth, d.drop, deferred = self.plan(now, tasks)
         d.planned_depth = depth
@@ -244,20 +355,29 @@ class ImpreciseDP(Policy):
             d.run = [first.task_id]
             if self.batching:
                 d.run += self._batch_mates(now, first, runnable)
+        self._note_decision_time(time.perf_counter() - t0)
         return d
+
+    def _note_decision_time(self, spent: float) -> None:
+        """Keep the planner's own time per decision (p90 of the last 64) for planning."""
+        self._recent.append(spent)
+        if len(self._recent) >= 64:
+            self._decision_s = float(np.percentile(self._recent, 90))
+            self._recent.clear()
+            self.times.set_overhead(self._decision_s)
 
     def _batch_mates(self, now: float, first: Task, runnable: List[Task]) -> List[int]:
         """Other tasks at the same stage to run with ``first``, if batching saves time."""
         stage = first.stages_done + 1
         mates = [t for t in _edf(runnable) if t is not first and t.stages_done + 1 == stage]
         mates = mates[:self.max_batch - 1]
+        alone = self.times.plan(stage, 1)
         while mates:
             b = len(mates) + 1
             batched = self.times.plan(stage, b)
-            alone = self.times.plan(stage, 1)
-            # Worth it when the batch costs less than running the stages one by one, and
-            # the first task's stage still ends in time.
-            if batched < alone * b * 0.9 and now + batched <= first.deadline:
+            # Worth it when the batch costs less than the stages one by one, and the delay
+            # it adds before the first task's later stages fits every task's slack.
+            if batched < alone * b * 0.9 and batched - alone <= self.min_slack:
                 return [t.task_id for t in mates]
             mates.pop()
         return []
@@ -317,8 +437,13 @@ class Greedy(ImpreciseDP):
 
 
 def make_policy(name: str, profile: ModelProfile, depth: Optional[int] = None,
-                times: Optional[StageTimes] = None, batching: bool = False) -> Policy:
-    """Construct a policy by name (see POLICY_NAMES)."""
+                times: Optional[StageTimes] = None, batching: bool = True) -> Policy:
+    """
+    Construct a policy by name (see POLICY_NAMES).
+
+    ``batching`` (default on) lets the DP policies batch a stage of several tasks where
+    the profile's calibrated batch latencies make that cheaper; the baselines never batch.
+    """
     if name == 'imprecise_dp':
         return ImpreciseDP(profile, times, batching=batching)
     if name == 'imprecise_dp_flat':

@@ -1,4 +1,5 @@
-"""A discrete-event simulator: camera arrivals, one worker, a policy, a trace.
+"""
+A discrete-event simulator: camera arrivals, one worker, a policy, a trace.
 
 Frames arrive from streams (periodic with jitter, Poisson, or bursts); each frame is a
 task whose exit outcomes are those of a random trace sample. The worker runs the stage the
@@ -11,12 +12,11 @@ import heapq
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from anytime_infer.scheduler.policies import Policy
-from anytime_infer.scheduler.profile import ModelProfile
+from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import DROP_REASONS, SHUTDOWN, Task
-from anytime_infer.scheduler.trace import Trace
+from anytime_infer.scheduler.traces import Trace
+import numpy as np
 
 ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
 ARRIVALS = ('periodic', 'poisson', 'burst')
@@ -88,7 +88,8 @@ class SimResult:
 def make_streams(profile: ModelProfile, load: float, cameras: int = 4,
                  deadline_periods: float = 2.0, weights: Optional[List[float]] = None,
                  rate_ratios: Optional[List[float]] = None) -> List[Stream]:
-    """Streams whose total demand is ``load`` times the full-depth capacity.
+    """
+    Streams whose total demand is ``load`` times the full-depth capacity.
 
     With equal rates (default) each camera runs at load / (cameras x full-depth time);
     ``rate_ratios`` gives cameras different rates with the same total demand.

@@ -13,7 +13,8 @@ DROP_REASONS = (BAD_INPUT, INFEASIBLE, QUEUE_FULL, ERROR, SHUTDOWN)
 
 @dataclass
 class Task:
-    """One unit of work: a frame (or a region of it) with a deadline.
+    """
+    One unit of work: a frame (or a region of it) with a deadline.
 
     Times are seconds on one clock (simulated, or the node's ROS clock).
     """
@@ -43,7 +44,8 @@ class Task:
 
 @dataclass
 class Decision:
-    """What a policy wants now.
+    """
+    What a policy wants now.
 
     ``run``: ids of tasks whose next stage runs now, together as one batch (all at the same
     stage), or empty to idle until the next event. ``finish``: tasks to publish now at

@@ -2,13 +2,13 @@
 from collections import deque
 from typing import Deque, Dict, Tuple
 
+from anytime_infer.scheduler.profiles import ModelProfile
 import numpy as np
-
-from anytime_infer.scheduler.profile import ModelProfile
 
 
 class StageTimes:
-    """Planning times (s) per stage and batch size.
+    """
+    Planning times (s) per stage and batch size.
 
     Plans use a high percentile of the calibrated latency (``percentile``: 50, 95 or 99),
     not the mean. Measured stage times update the estimate: the planning time is the
@@ -27,6 +27,8 @@ class StageTimes:
         self._window = window
         self._scale: Dict[Tuple[int, int], float] = {}
         self._cache: Dict[Tuple[int, int], float] = {}
+        self.version = 0            # bumped whenever a planning time changes
+        self.overhead = 0.0         # the planner's own time per stage boundary (s)
 
     def _calibrated(self, stage: int, batch: int) -> Tuple[float, float]:
         per_batch = self.profile.latency[stage - 1]
@@ -45,7 +47,7 @@ class StageTimes:
         t = self._cache.get(key)
         if t is None:
             _, pct = self._calibrated(stage, batch)
-            t = pct * self._scale.get(key, 1.0)
+            t = pct * self._scale.get(key, 1.0) + self.overhead
             self._cache[key] = t
         return t
 
@@ -59,8 +61,24 @@ class StageTimes:
         if len(q) >= 8 and len(q) % 4 == 0:
             p50, _ = self._calibrated(stage, batch)
             # Only ever scale up from calibration by a measured slowdown, or down to it.
-            self._scale[key] = max(0.5, float(np.median(q)) / p50)
-            self._cache.pop(key, None)
+            scale = max(0.5, float(np.median(q)) / p50)
+            if abs(scale - self._scale.get(key, 1.0)) > 0.05:   # ignore small drifts
+                self._scale[key] = scale
+                self._cache.pop(key, None)
+                self.version += 1
+
+    def set_overhead(self, seconds: float) -> None:
+        """
+        Charge the planner's own decision time to every planned stage.
+
+        Every stage boundary costs one decision, so a plan that ignores it runs late by
+        that much per stage queued ahead. Changes under half the current value (or 20 us)
+        are ignored so that cached plans stay valid.
+        """
+        if abs(seconds - self.overhead) > max(0.5 * self.overhead, 20e-6):
+            self.overhead = seconds
+            self._cache.clear()
+            self.version += 1
 
     def remaining(self, stage_from: int, stage_to: int) -> float:
         """Planned time (s) to run stages stage_from+1 .. stage_to (batch 1)."""

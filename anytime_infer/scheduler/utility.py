@@ -1,4 +1,5 @@
-"""Input-dependent utility: the expected accuracy of stopping a task at each depth.
+"""
+Input-dependent utility: the expected accuracy of stopping a task at each depth.
 
 Before stage 1 the expected accuracy at depth l is exit l's mean accuracy. After stage k
 it is P(exit l correct | exit k's confidence), read from the profile's calibration tables
@@ -9,10 +10,9 @@ import bisect
 import math
 from typing import List
 
-import numpy as np
-
-from anytime_infer.scheduler.profile import ModelProfile
+from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import Task
+import numpy as np
 
 
 class Utility:
@@ -32,7 +32,7 @@ class Utility:
         return min(max(i, 0), len(edges) - 2)
 
     def expected(self, task: Task) -> np.ndarray:
-        """Expected accuracy at depth 0..L (index = depth; depth 0 = no result = 0)."""
+        """Return the expected accuracy at depth 0..L (index = depth; depth 0 gives 0)."""
         out = np.zeros(self.n + 1)
         k = task.stages_done
         conf = task.last_confidence

@@ -1,4 +1,5 @@
-"""Trace files: per test image and exit, what the exit predicted and how confident it was.
+"""
+Trace files: per test image and exit, what the exit predicted and how confident it was.
 
 CSV with the header ``sample,label,exit,predicted,confidence``: one row per sample and
 exit, exits numbered from 1, confidence the calibrated probability of ``predicted``.
@@ -29,7 +30,7 @@ class Trace:
 
     @property
     def num_exits(self) -> int:
-        """Number of exits (stages)."""
+        """Return the number of exits (stages)."""
         return self.confidence.shape[1]
 
     def accuracy(self) -> np.ndarray:
@@ -37,7 +38,7 @@ class Trace:
         return self.correct.mean(axis=0)
 
     def subset(self, idx: np.ndarray) -> 'Trace':
-        """The trace restricted to some samples."""
+        """Restrict the trace to some samples."""
         return Trace([self.samples[i] for i in idx], self.confidence[idx], self.correct[idx])
 
 
@@ -103,7 +104,8 @@ def write_trace(path: str, samples, labels, predicted, confidence) -> None:
 
 
 def tables_from_trace(trace: Trace, bins: int = 10):
-    """Calibration tables (equal-mass confidence bins) from a trace's own rows.
+    """
+    Calibration tables (equal-mass confidence bins) from a trace's own rows.
 
     Used for traces from elsewhere (``--trace``), on a held-out half of the samples.
     Returns (exit_accuracy, conf_edges, cond_accuracy) in the profile's layout.

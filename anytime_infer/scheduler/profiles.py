@@ -1,4 +1,5 @@
-"""The model profile the scheduler reads: stage latencies and calibration tables (JSON).
+"""
+The model profile the scheduler reads: stage latencies and calibration tables (JSON).
 
 Written by ``anytime-infer calibrate`` beside the weights; validated here so that a bad
 profile (zero or negative latencies, tables of the wrong shape) is refused, not planned on.
@@ -88,7 +89,7 @@ def profile_from_dict(d: Dict, name: str = '') -> ModelProfile:
         latency.append({int(b): _stats_from(s, f'profile {name} stage {k} batch {b}')
                         for b, s in per_batch.items()})
     for k in range(n):
-        if len(cond[k]) != n or any(len(cond[k][l]) != len(edges[k]) - 1 for l in range(k, n)):
+        if len(cond[k]) != n or any(len(cond[k][j]) != len(edges[k]) - 1 for j in range(k, n)):
             raise ProfileError(f'profile {name}: cond_accuracy[{k + 1}] has the wrong shape')
     if any(not 0 <= a <= 1 for a in acc):
         raise ProfileError(f'profile {name}: exit accuracies must lie in 0..1')
@@ -118,7 +119,7 @@ def synthetic_latency(stage_ms: Sequence[float], spread: float = 0.08) -> List[D
         mu = math.log(m) - spread ** 2 / 2
         q = [math.exp(mu + spread * NormalDist().inv_cdf(min(max(p, 0.001), 0.999)))
              for p in QUANTILE_LEVELS]
-        stat = dict(p50_ms=math.exp(mu), p95_ms=math.exp(mu + 1.645 * spread),
-                    p99_ms=math.exp(mu + 2.326 * spread), mean_ms=m, quantiles_ms=q)
+        stat = {'p50_ms': math.exp(mu), 'p95_ms': math.exp(mu + 1.645 * spread),
+                'p99_ms': math.exp(mu + 2.326 * spread), 'mean_ms': m, 'quantiles_ms': q}
         out.append({'1': stat})
     return out

@@ -1,0 +1,334 @@
+"""
+The executor: a worker thread that owns the device and runs the model stage by stage.
+
+Frames come in as ``FrameJob``s (one or more preprocessed crops each); every crop becomes
+a scheduler ``Task`` whose intermediate state stays on the device between stages. At every
+arrival and stage boundary the worker asks the policy what to do, runs the chosen stage
+(batched when the plan says so), times it (CUDA events on a GPU, a monotonic clock on the
+CPU) to keep the latency estimates current, and hands every finished frame to a callback
+with exactly one outcome: on time, late, or dropped with a reason.
+"""
+from dataclasses import dataclass, field
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from anytime_infer.model.data import Preprocess, to_tensor_batch
+from anytime_infer.scheduler.policies import make_policy, Policy
+from anytime_infer.scheduler.profiles import ModelProfile
+from anytime_infer.scheduler.task import ERROR, QUEUE_FULL, SHUTDOWN, Task
+from anytime_infer.scheduler.timing import StageTimes
+import numpy as np
+import torch
+
+ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
+log = logging.getLogger('anytime_infer.executor')
+
+
+@dataclass
+class FrameJob:
+    """One camera frame: its crops (uint8, model input size) and its timing."""
+
+    stream: int
+    arrival: float                 # seconds on the executor's clock
+    deadline: float                # absolute, same clock
+    inputs: np.ndarray             # (n, H, W, C) uint8
+    rois: List[tuple] = field(default_factory=list)   # (x, y, w, h) per input
+    weight: float = 1.0
+    stamp: float = 0.0
+    meta: Any = None               # the caller's (header, topic, ...)
+    frame_id: int = -1
+
+
+@dataclass
+class CropResult:
+    """What the deepest completed exit said about one crop."""
+
+    class_id: int
+    label: str
+    confidence: float
+    depth: int
+    num_stages: int
+    expected_accuracy: float
+    roi: tuple
+
+
+@dataclass
+class FrameOutcome:
+    """The one outcome of a frame."""
+
+    job: FrameJob
+    outcome: str
+    reason: str
+    results: List[CropResult]
+    published_at: float
+
+
+def pick_device(requested: str = 'auto') -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if requested in ('', 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(requested)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {requested!r} requested but CUDA is not available')
+    return dev
+
+
+class StageTimer:
+    """Times one stage run: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+
+    def __enter__(self) -> 'StageTimer':
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
+class Executor:
+    """The worker: owns the device, the tasks' states and the policy."""
+
+    def __init__(self, net, card: Dict, profile: ModelProfile, temperatures: Sequence[float],
+                 on_outcome: Callable[[FrameOutcome], None], policy: str = 'imprecise_dp',
+                 depth: Optional[int] = None, device: str = 'auto', max_pending: int = 64,
+                 clock: Callable[[], float] = time.monotonic, percentile: int = 95,
+                 batching: bool = True) -> None:
+        self.device = pick_device(device)
+        self.net = net.to(self.device).eval()
+        self.card = card
+        self.classes = list(card['classes'])
+        self.pre = Preprocess(**card['preprocess'])
+        self.profile = profile
+        self.temps = torch.tensor(list(temperatures), dtype=torch.float32)
+        self.times = StageTimes(profile, percentile=percentile)
+        self.policy: Policy = make_policy(policy, profile, depth=depth, times=self.times,
+                                          batching=batching)
+        if self.policy.simulation_only:
+            raise ValueError(f'policy {policy!r} is for simulation only (it needs ground truth)')
+        self.on_outcome = on_outcome
+        self.max_pending = max_pending
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._inbox: List[FrameJob] = []
+        self._tasks: Dict[int, Task] = {}
+        self._state: Dict[int, torch.Tensor] = {}
+        self._result: Dict[int, CropResult] = {}
+        self._task_frame: Dict[int, int] = {}
+        self._frames: Dict[int, dict] = {}
+        self._ids = itertools.count()
+        self._frame_ids = itertools.count()
+        self._running = False
+        self._thread: Optional[threading.Thread] = None
+        self.decision_s: List[float] = []
+        self.stage_runs = 0
+
+    # -- public ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread."""
+        with self._cond:
+            if self._running:
+                return
+            self._running = True
+        self._thread = threading.Thread(target=self._loop, name='anytime_infer_worker',
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, job: FrameJob) -> bool:
+        """Queue a frame; a full queue ends it at once as dropped / queue_full."""
+        with self._cond:
+            job.frame_id = next(self._frame_ids)
+            accept = self._running and \
+                len(self._inbox) + len(self._frames) < self.max_pending
+            if accept:
+                self._inbox.append(job)
+                self._cond.notify()
+        if not accept:
+            reason = QUEUE_FULL if self._running else SHUTDOWN
+            self.on_outcome(FrameOutcome(job, DROPPED, reason, [], self.clock()))
+        return accept
+
+    def pending(self) -> int:
+        """Frames queued or in progress."""
+        with self._cond:
+            return len(self._inbox) + len(self._frames)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker; publish what has a result, drop the rest as ``shutdown``."""
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        now = self.clock()
+        with self._cond:
+            inbox, self._inbox = self._inbox, []
+        for job in inbox:
+            self.on_outcome(FrameOutcome(job, DROPPED, SHUTDOWN, [], now))
+        for tid, task in list(self._tasks.items()):
+            if task.stages_done >= 1:
+                self._finish(tid, now)
+            else:
+                self._drop(tid, SHUTDOWN, now)
+
+    @torch.inference_mode()
+    def warm_up(self, runs: int = 5) -> None:
+        """Run every stage a few times at batch 1 (kernel selection, allocator)."""
+        shape = (1, self.pre.channels, self.pre.height, self.pre.width)
+        for _ in range(runs):
+            x = torch.zeros(shape, device=self.device)
+            for k in range(1, self.net.num_stages + 1):
+                x, _ = self.net.run_stage(k, x)
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    # -- worker ---------------------------------------------------------------------------
+    def _admit(self, jobs: List[FrameJob]) -> None:
+        for job in jobs:
+            x = to_tensor_batch(job.inputs, self.pre).to(self.device, non_blocking=True)
+            rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
+            tids = []
+            for i in range(len(job.inputs)):
+                tid = next(self._ids)
+                self._tasks[tid] = Task(tid, job.stream, job.arrival, job.deadline,
+                                        self.net.num_stages, job.weight, stamp=job.stamp)
+                self._state[tid] = x[i:i + 1]
+                self._task_frame[tid] = job.frame_id
+                tids.append(tid)
+            self._frames[job.frame_id] = {'job': job, 'open': set(tids), 'results': [],
+                                          'reasons': [], 'late': False, 'rois': rois,
+                                          'tids': tids}
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._running:
+                    return
+                if not self._inbox and not self._tasks:
+                    self._cond.wait(0.1)
+                jobs, self._inbox = self._inbox, []
+            if jobs:
+                self._admit(jobs)
+            if not self._tasks:
+                continue
+            try:
+                self._step()
+            except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
+                log.exception('scheduler step failed; dropping the tasks in flight')
+                now = self.clock()
+                for tid in list(self._tasks):
+                    self._drop(tid, ERROR, now)
+
+    def _step(self) -> None:
+        now = self.clock()
+        if self.policy.anytime:   # deadline passed with a result: publish at that depth
+            for tid, task in list(self._tasks.items()):
+                if task.deadline <= now and task.stages_done >= 1:
+                    self._finish(tid, now)
+        t0 = time.perf_counter()
+        dec = self.policy.decide(now, list(self._tasks.values()))
+        self.decision_s.append(time.perf_counter() - t0)
+        now = self.clock()
+        for tid, reason in dec.drop:
+            if tid in self._tasks:
+                self._drop(tid, reason, now)
+        for tid in dec.finish:
+            if tid in self._tasks:
+                self._finish(tid, now)
+        run = [t for t in dec.run if t in self._tasks]
+        if run:
+            self._run_stage(run)
+        elif not dec.drop and not dec.finish:
+            # Idle until the next arrival or the earliest deadline.
+            wait = min((t.deadline for t in self._tasks.values()), default=now + 0.1) - now
+            with self._cond:
+                if not self._inbox and self._running:
+                    self._cond.wait(min(max(wait, 0.0005), 0.1))
+
+    @torch.inference_mode()
+    def _run_stage(self, tids: List[int]) -> None:
+        stage = self._tasks[tids[0]].stages_done + 1
+        try:
+            x = torch.cat([self._state[t] for t in tids]) if len(tids) > 1 \
+                else self._state[tids[0]]
+            with StageTimer(self.device) as timer:
+                state, logits = self.net.run_stage(stage, x)
+            probs = torch.softmax(logits.float() / self.temps[stage - 1].to(logits.device), 1)
+            conf, pred = probs.max(dim=1)
+            conf, pred = conf.cpu().numpy(), pred.cpu().numpy()
+        except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
+            log.error('stage %d failed on %d task(s): %s', stage, len(tids), e)
+            now = self.clock()
+            for t in tids:
+                self._drop(t, ERROR, now)
+            return
+        self.stage_runs += 1
+        self.times.observe(stage, len(tids), timer.seconds)
+        for i, tid in enumerate(tids):
+            task = self._tasks.get(tid)
+            if task is None:
+                continue
+            task.stages_done = stage
+            task.confidences.append(float(conf[i]))
+            self._state[tid] = state[i:i + 1]
+            frame = self._frames[self._task_frame[tid]]
+            roi = frame['rois'][frame['tids'].index(tid)]
+            self._result[tid] = CropResult(int(pred[i]), self.classes[int(pred[i])],
+                                           float(conf[i]), stage, self.net.num_stages,
+                                           self.policy.expected_accuracy(task), roi)
+            if task.complete:
+                self._finish(tid, self.clock())
+
+    # -- outcomes -------------------------------------------------------------------------
+    def _close(self, tid: int) -> Optional[dict]:
+        self._tasks.pop(tid, None)
+        self._state.pop(tid, None)
+        fid = self._task_frame.pop(tid)
+        frame = self._frames[fid]
+        frame['open'].discard(tid)
+        return frame
+
+    def _finish(self, tid: int, now: float) -> None:
+        task = self._tasks[tid]
+        frame = self._close(tid)
+        res = self._result.pop(tid, None)
+        if res is not None:
+            frame['results'].append(res)
+        frame['late'] |= now > task.deadline
+        self._maybe_emit(frame, now)
+
+    def _drop(self, tid: int, reason: str, now: float) -> None:
+        frame = self._close(tid)
+        self._result.pop(tid, None)
+        frame['reasons'].append(reason)
+        self._maybe_emit(frame, now)
+
+    def _maybe_emit(self, frame: dict, now: float) -> None:
+        if frame['open']:
+            return
+        job = frame['job']
+        del self._frames[job.frame_id]
+        if frame['results']:
+            outcome = LATE if frame['late'] else ON_TIME
+            reason = ''
+        else:
+            outcome, reason = DROPPED, frame['reasons'][0] if frame['reasons'] else ERROR
+        try:
+            self.on_outcome(FrameOutcome(job, outcome, reason, frame['results'], now))
+        except Exception:  # noqa: B902 - a failing callback must not stop the worker
+            log.exception('outcome callback failed')

@@ -1,0 +1,339 @@
+"""
+AnytimeInferNode: camera topics in, anytime detections out (a managed lifecycle node).
+
+configure loads the model and its profile and warms the device up; activate subscribes to
+the cameras and starts the executor; deactivate stops both (pending frames end published
+or dropped as ``shutdown``); cleanup frees the model. With ``autostart`` the node
+configures and activates itself. The node decides nothing: it converts, stamps, hands
+frames to the executor and publishes what comes back; every received frame ends in exactly
+one counted outcome.
+"""
+from collections import Counter, deque
+import os
+import threading
+import time
+from typing import Dict, List, Optional
+
+from anytime_infer.msg import Detection, DetectionArray, SchedulerStatus
+from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
+    to_model_input
+from anytime_infer.node.params import NodeConfig, SPECS, validate
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, \
+    SetParametersResult
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+# Parameters that need a new configure to take effect.
+STATIC = {'model', 'device', 'policy', 'fixed_depth', 'camera_topics', 'max_queue',
+          'qos_reliability', 'qos_depth', 'percentile'}
+SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
+            '/image')
+
+
+def camera_name(topic: str) -> str:
+    """Return the camera namespace of an image topic (outputs: ``<camera>/detections``)."""
+    for suf in SUFFIXES:
+        if topic.endswith(suf) and len(topic) > len(suf):
+            return topic[:-len(suf)]
+    return topic
+
+
+def to_time(seconds: float) -> Time:
+    """Seconds -> builtin_interfaces/Time."""
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def to_duration(seconds: float) -> Duration:
+    """Seconds (>= 0) -> builtin_interfaces/Duration."""
+    ns = max(int(round(seconds * 1e9)), 0)
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+class AnytimeInferNode(LifecycleNode):
+    """The anytime inference node."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__('anytime_infer', **kwargs)
+        for spec in SPECS:
+            self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
+        self.cfg = self._read_config()
+        bad = [why for why in (validate(s.name, getattr(self.cfg, s.name)) for s in SPECS)
+               if why]
+        if bad:
+            raise ValueError('invalid parameters: ' + '; '.join(bad))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.executor_ = None
+        self.card: Optional[dict] = None
+        self._subs: List = []
+        self._pubs: Dict[str, object] = {}
+        self._status_pub = None
+        self._diag_pub = None
+        self._timer = None
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self.depth_sum = 0
+        self._warned: Dict[tuple, float] = {}
+        self._arrivals: deque = deque(maxlen=100000)
+        if self.cfg.autostart:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError('autostart: configure failed (see the log)')
+            self.trigger_activate()
+
+    # -- parameters -----------------------------------------------------------------------
+    @staticmethod
+    def _descriptor(spec) -> ParameterDescriptor:
+        d = ParameterDescriptor(description=spec.description)
+        if spec.choices:
+            d.additional_constraints = 'one of: ' + ', '.join(map(str, spec.choices))
+        if spec.low is not None and not isinstance(spec.default, list):
+            if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+                d.integer_range = [IntegerRange(from_value=int(spec.low),
+                                                to_value=int(spec.high), step=1)]
+            elif isinstance(spec.default, float):
+                d.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                             to_value=float(spec.high))]
+        return d
+
+    def _read_config(self) -> NodeConfig:
+        values = {s.name: self.get_parameter(s.name).value for s in SPECS}
+        values['camera_topics'] = list(values['camera_topics'])
+        values['deadlines_ms'] = [float(v) for v in values['deadlines_ms']]
+        values['weights'] = [float(v) for v in values['weights']]
+        return NodeConfig(**values)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            why = validate(p.name, p.value)
+            if why:
+                return SetParametersResult(successful=False, reason=why)
+            if p.name in STATIC and self.executor_ is not None:
+                return SetParametersResult(
+                    successful=False, reason=f'{p.name} takes effect at configure: '
+                    'deactivate and clean up the node first')
+        for p in params:
+            if hasattr(self.cfg, p.name):
+                v = p.value
+                setattr(self.cfg, p.name, list(v) if isinstance(v, (list, tuple)) else v)
+        return SetParametersResult(successful=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Load model and profile, build the executor, warm up, create publishers."""
+        from anytime_infer.executor import Executor
+        from anytime_infer.model.store import load_model, PROFILE, read_json, \
+            resolve_model_dir
+        from anytime_infer.scheduler.profiles import profile_from_dict
+        try:
+            folder = resolve_model_dir(self.cfg.model)
+            net, card = load_model(folder)
+            raw = read_json(os.path.join(folder, PROFILE), 'the profile')
+            profile = profile_from_dict(raw, name=folder)
+            self.executor_ = Executor(
+                net, card, profile, raw['temperature'], self._on_outcome,
+                policy=self.cfg.policy, depth=self.cfg.fixed_depth, device=self.cfg.device,
+                max_pending=self.cfg.max_queue, clock=self._now, percentile=self.cfg.percentile)
+            self.executor_.warm_up()
+        except (RuntimeError, ValueError, OSError) as e:
+            self.get_logger().error(f'configure failed: {e}')
+            self.executor_ = None
+            return TransitionCallbackReturn.FAILURE
+        self.card = card
+        for topic in self.cfg.camera_topics:
+            cam = camera_name(topic)
+            self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 10)
+            if self.cfg.debug_image:
+                self._pubs[cam + '#image'] = self.create_publisher(
+                    Image, f'{cam}/detections/image', 2)
+        self._status_pub = self.create_publisher(SchedulerStatus, '~/status', 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.get_logger().info(
+            f'configured: model {card["name"]} ({card["arch"]}, {card["num_stages"]} stages) '
+            f'on {self.executor_.device}, policy {self.executor_.policy.name}, cameras '
+            f'{self.cfg.camera_topics}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Subscribe to the cameras and start the executor."""
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=self.cfg.qos_depth,
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if self.cfg.qos_reliability == 'best_effort' else ReliabilityPolicy.RELIABLE)
+        self.executor_.start()
+        for i, topic in enumerate(self.cfg.camera_topics):
+            compressed = topic.endswith('/compressed')
+            self._subs.append(self.create_subscription(
+                CompressedImage if compressed else Image, topic,
+                lambda msg, i=i, topic=topic, c=compressed: self._on_image(msg, i, topic, c),
+                qos))
+        self._timer = self.create_timer(1.0 / self.cfg.status_rate_hz, self._publish_status)
+        self.get_logger().info('active')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Unsubscribe and stop the executor (pending frames end, counted)."""
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self.executor_ is not None:
+            self.executor_.stop()
+        self._publish_status()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Free the model and the publishers."""
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        self.executor_ = None
+        self.card = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Stop work cleanly on shutdown from any state."""
+        if self.executor_ is not None:
+            self.executor_.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- per frame ------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _warn(self, topic: str, reason: str) -> None:
+        """Warn at most every 5 s per topic and reason (throttled)."""
+        key = (topic, reason.split(' ')[0])
+        t = time.monotonic()
+        if t - self._warned.get(key, -1e9) >= 5.0:
+            self._warned[key] = t
+            self.get_logger().warning(f'{topic}: dropped a frame: {reason}')
+
+    def _on_image(self, msg, camera: int, topic: str, compressed: bool) -> None:
+        from anytime_infer.executor import FrameJob, FrameOutcome
+        now = self._now()
+        with self._lock:
+            self.counts['received'] += 1
+            self._arrivals.append(time.monotonic())
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        job = FrameJob(camera, now, now + self.cfg.deadline_s(camera), None, [],
+                       self.cfg.weight(camera), stamp, (msg.header, topic, None))
+        try:
+            if abs(stamp - now) > self.cfg.stamp_tolerance_s:
+                raise BadInput(f'header stamp {stamp:.3f} is {stamp - now:+.3f} s from the '
+                               f'node clock (tolerance {self.cfg.stamp_tolerance_s} s)')
+            arr, enc = (compressed_to_array if compressed else image_to_array)(
+                msg, self.cfg.max_image_pixels)
+            pre = self.card['preprocess']
+            job.inputs = to_model_input(arr, enc, pre['height'], pre['width'],
+                                        pre['channels'])[None]
+            job.rois = [(0, 0, arr.shape[1], arr.shape[0])]
+            if self.cfg.debug_image:
+                job.meta = (msg.header, topic, (arr, enc))
+        except BadInput as e:
+            self._warn(topic, str(e))
+            self._on_outcome(FrameOutcome(job, 'dropped', 'bad_input', [], now))
+            return
+        except Exception as e:  # noqa: B902 - a bad message never stops the node
+            self._warn(topic, f'unexpected conversion error: {e}')
+            self._on_outcome(FrameOutcome(job, 'dropped', 'bad_input', [], now))
+            return
+        if self.cfg.deadline_from == 'stamp':
+            job.deadline = stamp + self.cfg.deadline_s(camera)
+        self.executor_.submit(job)
+
+    def _on_outcome(self, out) -> None:
+        """Count and publish one frame's outcome (called from the worker thread too)."""
+        header, topic, debug = out.job.meta
+        with self._lock:
+            if out.outcome == 'dropped':
+                self.counts['dropped'] += 1
+                self.counts['drop:' + out.reason] += 1
+            else:
+                self.counts[out.outcome] += 1
+                self.depth_sum += max((r.depth for r in out.results), default=0)
+        if out.outcome == 'dropped' and not self.cfg.publish_dropped:
+            return
+        msg = DetectionArray(header=header, deadline=to_time(out.job.deadline),
+                             latency=to_duration(out.published_at - out.job.arrival),
+                             reason=out.reason)
+        msg.outcome = {'on_time': DetectionArray.ON_TIME, 'late': DetectionArray.LATE,
+                       'dropped': DetectionArray.DROPPED}[out.outcome]
+        for r in out.results:
+            d = Detection(class_id=r.class_id, label=r.label, confidence=r.confidence,
+                          depth_reached=r.depth, num_stages=r.num_stages,
+                          expected_accuracy=float(r.expected_accuracy))
+            d.roi.x_offset, d.roi.y_offset, d.roi.width, d.roi.height = map(int, r.roi)
+            msg.detections.append(d)
+        cam = camera_name(topic)
+        pub = self._pubs.get(cam)
+        if pub is not None:
+            pub.publish(msg)
+        if debug is not None and out.results and cam + '#image' in self._pubs:
+            from anytime_infer.node.debug_image import annotate
+            self._pubs[cam + '#image'].publish(annotate(header, debug[0], debug[1],
+                                                        out.results))
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> SchedulerStatus:
+        """Counters since start and the executor's state."""
+        with self._lock:
+            c = dict(self.counts)
+            depth_sum = self.depth_sum
+        published = c.get('on_time', 0) + c.get('late', 0)
+        reasons = sorted(k[5:] for k in c if k.startswith('drop:'))
+        ex = self.executor_
+        msg = SchedulerStatus(
+            policy=ex.policy.name if ex else self.cfg.policy,
+            device=str(ex.device) if ex else '',
+            model=self.cfg.model,
+            frames_received=c.get('received', 0), frames_on_time=c.get('on_time', 0),
+            frames_late=c.get('late', 0), frames_dropped=c.get('dropped', 0),
+            drop_reasons=reasons, drop_counts=[c['drop:' + r] for r in reasons],
+            queue_length=ex.pending() if ex else 0,
+            mean_depth=float(depth_sum / published) if published else 0.0,
+            estimated_load=float(self._estimated_load()))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+    def _estimated_load(self) -> float:
+        """Full-depth work demanded per second: frame rate (last 5 s) x full-depth time."""
+        ex = self.executor_
+        if ex is None:
+            return 0.0
+        t = time.monotonic()
+        with self._lock:
+            while self._arrivals and self._arrivals[0] < t - 5.0:
+                self._arrivals.popleft()
+            n = len(self._arrivals)
+        full = sum(ex.times.plan(k) for k in range(1, ex.net.num_stages + 1))
+        return full * n / 5.0
+
+    def _publish_status(self) -> None:
+        st = self.status()
+        if self._status_pub is not None:
+            self._status_pub.publish(st)
+        if self._diag_pub is None:
+            return
+        level = DiagnosticStatus.OK
+        if st.frames_received and (st.frames_late + st.frames_dropped) > \
+                0.05 * st.frames_received:
+            level = DiagnosticStatus.WARN
+        ds = DiagnosticStatus(level=level, name='anytime_infer: scheduler',
+                              hardware_id=st.device,
+                              message=f'{st.frames_on_time}/{st.frames_received} on time, '
+                                      f'mean depth {st.mean_depth:.2f}')
+        ds.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ('policy', st.policy), ('model', st.model), ('received', st.frames_received),
+            ('on_time', st.frames_on_time), ('late', st.frames_late),
+            ('dropped', st.frames_dropped), ('queue_length', st.queue_length),
+            ('mean_depth', f'{st.mean_depth:.3f}'))]
+        ds.values += [KeyValue(key='dropped_' + r, value=str(n))
+                      for r, n in zip(st.drop_reasons, st.drop_counts)]
+        arr = DiagnosticArray(status=[ds])
+        arr.header.stamp = st.header.stamp
+        self._diag_pub.publish(arr)
