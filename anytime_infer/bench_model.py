@@ -42,3 +42,24 @@ def bench_model(models: List[str], device: str = 'auto', batches=(1, 2, 4, 8, 16
             mem += f', peak CUDA memory {torch.cuda.max_memory_allocated(dev) / 2**20:.1f} MiB'
         lines += ['', mem, '']
     return '\n'.join(lines)
+
+
+def model_table(models: List[str]) -> str:
+    """Build the README table: per exit test accuracy, CPU stage latency and ECE (from files)."""
+    import json
+    import os
+    lines = ['| model | exit | test accuracy | stage p50 / p99 ms (batch 1) | '
+             'ECE test (before -> after temperature) |', '|---|---|---|---|---|']
+    for name in models:
+        folder = resolve_model_dir(name)
+        with open(os.path.join(folder, 'card.json')) as f:
+            card = json.load(f)
+        with open(os.path.join(folder, 'profile.json')) as f:
+            prof = json.load(f)
+        for k, acc in enumerate(card['test_accuracy']):
+            lat = prof['latency'][k]['1']
+            ece = card.get('test_ece', {})
+            e = (f'{ece["before"][k]:.3f} -> {ece["after"][k]:.3f}' if ece else '')
+            lines.append(f'| {name} | {k + 1} | {acc:.4f} | {lat["p50_ms"]:.3f} / '
+                         f'{lat["p99_ms"]:.3f} | {e} |')
+    return '\n'.join(lines)

@@ -238,7 +238,10 @@ def _add_export_samples(sub) -> None:
 
 
 def _cmd_bench_model(args: argparse.Namespace) -> int:
-    from anytime_infer.bench_model import bench_model
+    from anytime_infer.bench_model import bench_model, model_table
+    if args.table:
+        print(model_table(args.models.split(',')))
+        return 0
     print(bench_model(args.models.split(','), args.device, runs=args.runs))
     return 0
 
@@ -249,6 +252,8 @@ def _add_bench_model(sub) -> None:
     p.add_argument('--models', default='fashion_mnist,traffic_lights')
     p.add_argument('--device', default='auto')
     p.add_argument('--runs', type=int, default=100)
+    p.add_argument('--table', action='store_true',
+                   help='print the README table from the bundled cards and profiles')
     p.set_defaults(func=_cmd_bench_model)
 
 
