@@ -200,7 +200,12 @@ class Executor:
     # -- worker ---------------------------------------------------------------------------
     def _admit(self, jobs: List[FrameJob]) -> None:
         for job in jobs:
-            x = to_tensor_batch(job.inputs, self.pre).to(self.device, non_blocking=True)
+            try:
+                x = to_tensor_batch(job.inputs, self.pre).to(self.device, non_blocking=True)
+            except Exception as e:  # noqa: B902 - a bad job ends as an error, not the worker
+                log.error('cannot prepare frame %d: %s', job.frame_id, e)
+                self.on_outcome(FrameOutcome(job, DROPPED, ERROR, [], self.clock()))
+                continue
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
             tids = []
             for i in range(len(job.inputs)):
@@ -263,6 +268,8 @@ class Executor:
     @torch.inference_mode()
     def _run_stage(self, tids: List[int]) -> None:
         stage = self._tasks[tids[0]].stages_done + 1
+        shape = self._state[tids[0]].shape
+        tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
         try:
             x = torch.cat([self._state[t] for t in tids]) if len(tids) > 1 \
                 else self._state[tids[0]]

@@ -50,19 +50,46 @@ def test_every_job_ends_in_one_outcome_with_results():
 
 
 def test_a_failing_stage_ends_its_task_as_error_and_the_worker_goes_on():
+    import torch
+
     outcomes = []
     ex = make_executor(outcomes)
+    real_stage = ex.net.stages[1]
+
+    class FailsOnNegative(torch.nn.Module):
+        """Fault injection: stage 2 raises for one marked input (a broken kernel)."""
+
+        def forward(self, x):
+            if (x < -1e3).any():
+                raise RuntimeError('injected stage failure')
+            return real_stage(x)
+    ex.net.stages[1] = FailsOnNegative()
     ex.start()
     samples = load_samples('traffic_lights')
     now = time.monotonic()
-    bad = np.zeros((1, 5, 5, 3), np.uint8)          # wrong size: stage 4 input breaks
-    ex.submit(FrameJob(0, now, now + 1.0, bad, meta='bad'))
+    bad_shape = np.zeros((1, 64, 32, 4), np.uint8)    # 4 channels for 3: cannot prepare
+    ex.submit(FrameJob(0, now, now + 1.0, bad_shape, meta='bad_prepare'))
     ex.submit(FrameJob(0, now, now + 1.0, samples['images'][:1], meta='good'))
     assert wait_for(lambda: len(outcomes) == 2)
+    # Now a stage that raises: mark the state so the injected stage 2 fails.
+    orig = ex.net.stages[0]
+
+    class Marks(torch.nn.Module):
+        def forward(self, x):
+            return orig(x) - 1e4
+    ex.net.stages[0] = Marks()
+    ex.submit(FrameJob(0, time.monotonic(), time.monotonic() + 1.0, samples['images'][:1],
+                       meta='bad_stage'))
+    assert wait_for(lambda: len(outcomes) == 3)
+    ex.net.stages[0] = orig
+    ex.submit(FrameJob(0, time.monotonic(), time.monotonic() + 1.0, samples['images'][:1],
+                       meta='good_after'))
+    assert wait_for(lambda: len(outcomes) == 4)
     ex.stop()
     by = {o.job.meta: o for o in outcomes}
-    assert by['bad'].outcome == 'dropped' and by['bad'].reason == 'error'
-    assert by['good'].outcome == 'on_time'
+    assert by['bad_prepare'].outcome == 'dropped' and by['bad_prepare'].reason == 'error'
+    assert by['bad_stage'].outcome == 'dropped' and by['bad_stage'].reason == 'error'
+    assert by['good'].outcome == 'on_time' and by['good_after'].outcome == 'on_time'
 
 
 def test_full_queue_drops_with_queue_full_and_stop_drops_pending_as_shutdown():

@@ -17,7 +17,7 @@ def _sample_array() -> DetectionArray:
     det = Detection()
     det.class_id, det.label, det.confidence = 3, 'dress', 0.875
     det.roi.x_offset, det.roi.y_offset, det.roi.width, det.roi.height = 1, 2, 28, 28
-    det.depth_reached, det.num_stages, det.expected_accuracy = 2, 4, 0.81
+    det.depth_reached, det.num_stages, det.expected_accuracy = 2, 4, 0.8125
     msg.detections = [det]
     msg.deadline.sec, msg.deadline.nanosec = 1700000000, 200000000
     msg.latency.nanosec = 15000000
@@ -48,13 +48,13 @@ def test_scheduler_status_round_trips_through_serialization():
 
 def test_rosbags_writes_and_reads_messages_in_mcap(tmp_path, repo_root):
     from anytime_infer.bagtypes import project_typestore
-    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
     store = project_typestore()
     bag = tmp_path / 'bag'
     msg = _sample_array()
     raw = serialize_message(msg)
-    with Writer(bag, version=9, storage_plugin=Writer.StoragePlugin.MCAP) as writer:
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection('/cam/detections', 'anytime_infer/msg/DetectionArray',
                                      typestore=store)
         writer.write(conn, 42, raw)

@@ -44,7 +44,7 @@ class TaskOptions:
     _quantum: float = 0.0
 
     def levels(self, quantum: float) -> np.ndarray:
-        """Quantised reward levels (cached per quantum)."""
+        """Return the integer reward steps of the options, cached per quantum."""
         if self._q is None or self._quantum != quantum:
             self._q, self._quantum = quantise(self.rewards, quantum), quantum
         return self._q

@@ -261,11 +261,9 @@ class ImpreciseDP(Policy):
                     depth[t.task_id] = 1
             self.min_slack = mandatory_slack
             return depth, drops, deferred
-        beyond: List[Task] = []
         if chosen:
             front, rest_all = chosen[0], chosen[1:]
             rest, rows, reserve = self._window(rest_all)
-            beyond = rest_all[len(rest):]
             chosen = [front] + rest
             cache = self._opt_cache
             keys = [self._key(t) for t in chosen]
@@ -279,8 +277,8 @@ class ImpreciseDP(Policy):
             self._fill_slack(start, opts, picked, reserve)
             for t, o, i in zip(chosen, opts, picked):
                 depth[t.task_id] = o.depths[i]
-        for t in beyond:
-            depth[t.task_id] = max(t.stages_done, 1)
+        # Tasks beyond the window get no depth now: they are neither run nor published
+        # early; they are planned when they move into the window.
         return depth, drops, deferred
 
     @staticmethod
@@ -327,7 +325,8 @@ class ImpreciseDP(Policy):
             room = min(suffix[j + 1], o.deadline - finish[j]) - shift
             while i + 1 < len(depths):
                 extra = times[i + 1] - times[i]
-                if rewards[i + 1] < rewards[i] or extra > room:
+                # Deeper unless that is clearly worse (by more than the DP's quantum).
+                if rewards[i + 1] < rewards[i] - self.quantum or extra > room:
                     break
                 i += 1
                 room -= extra
