@@ -8,12 +8,13 @@ arrival and stage boundary the worker asks the policy what to do, runs the chose
 CPU) to keep the latency estimates current, and hands every finished frame to a callback
 with exactly one outcome: on time, late, or dropped with a reason.
 """
+from collections import deque
 from dataclasses import dataclass, field
 import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 from anytime_infer.model.data import Preprocess, to_tensor_batch
 from anytime_infer.scheduler.policies import make_policy, Policy
@@ -107,7 +108,7 @@ class Executor:
                  on_outcome: Callable[[FrameOutcome], None], policy: str = 'imprecise_dp',
                  depth: Optional[int] = None, device: str = 'auto', max_pending: int = 64,
                  clock: Callable[[], float] = time.monotonic, percentile: int = 95,
-                 batching: bool = True) -> None:
+                 batching: bool = True, publish_margin: float = 0.002) -> None:
         self.device = pick_device(device)
         self.net = net.to(self.device).eval()
         self.card = card
@@ -122,8 +123,10 @@ class Executor:
             raise ValueError(f'policy {policy!r} is for simulation only (it needs ground truth)')
         self.on_outcome = on_outcome
         self.max_pending = max_pending
+        self.publish_margin = publish_margin
         self.clock = clock
         self._cond = threading.Condition()
+        self._lock = threading.RLock()       # task state: worker, watcher, stop()
         self._inbox: List[FrameJob] = []
         self._tasks: Dict[int, Task] = {}
         self._state: Dict[int, torch.Tensor] = {}
@@ -134,7 +137,8 @@ class Executor:
         self._frame_ids = itertools.count()
         self._running = False
         self._thread: Optional[threading.Thread] = None
-        self.decision_s: List[float] = []
+        self.decision_s: Deque[float] = deque(maxlen=10000)   # recent, for statistics
+        self.stage_s: Deque[float] = deque(maxlen=10000)
         self.stage_runs = 0
 
     # -- public ---------------------------------------------------------------------------
@@ -147,13 +151,17 @@ class Executor:
         self._thread = threading.Thread(target=self._loop, name='anytime_infer_worker',
                                         daemon=True)
         self._thread.start()
+        self._watcher: Optional[threading.Thread] = None
+        if self.policy.anytime:
+            self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                             name='anytime_infer_deadlines')
+            self._watcher.start()
 
     def submit(self, job: FrameJob) -> bool:
         """Queue a frame; a full queue ends it at once as dropped / queue_full."""
         with self._cond:
             job.frame_id = next(self._frame_ids)
-            accept = self._running and \
-                len(self._inbox) + len(self._frames) < self.max_pending
+            accept = self._running and self.pending() < self.max_pending
             if accept:
                 self._inbox.append(job)
                 self._cond.notify()
@@ -163,9 +171,8 @@ class Executor:
         return accept
 
     def pending(self) -> int:
-        """Frames queued or in progress."""
-        with self._cond:
-            return len(self._inbox) + len(self._frames)
+        """Return the number of frames queued or in progress."""
+        return len(self._inbox) + len(self._frames)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker; publish what has a result, drop the rest as ``shutdown``."""
@@ -175,16 +182,20 @@ class Executor:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if getattr(self, '_watcher', None) is not None:
+            self._watcher.join(timeout)
+            self._watcher = None
         now = self.clock()
         with self._cond:
             inbox, self._inbox = self._inbox, []
         for job in inbox:
             self.on_outcome(FrameOutcome(job, DROPPED, SHUTDOWN, [], now))
-        for tid, task in list(self._tasks.items()):
-            if task.stages_done >= 1:
-                self._finish(tid, now)
-            else:
-                self._drop(tid, SHUTDOWN, now)
+        with self._lock:
+            for tid, task in list(self._tasks.items()):
+                if task.stages_done >= 1:
+                    self._finish(tid, now)
+                else:
+                    self._drop(tid, SHUTDOWN, now)
 
     @torch.inference_mode()
     def warm_up(self, runs: int = 5) -> None:
@@ -228,78 +239,119 @@ class Executor:
                     self._cond.wait(0.1)
                 jobs, self._inbox = self._inbox, []
             if jobs:
-                self._admit(jobs)
+                with self._lock:
+                    self._admit(jobs)
             if not self._tasks:
                 continue
             try:
                 self._step()
             except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
                 log.exception('scheduler step failed; dropping the tasks in flight')
+                with self._lock:
+                    now = self.clock()
+                    for tid in list(self._tasks):
+                        self._drop(tid, ERROR, now)
+
+    def _publish_due(self, now: float) -> float:
+        """Publish results due within the margin at their depth; return the next due time.
+
+        A result goes out ``publish_margin`` before its deadline (thread wake-up jitter
+        would otherwise make it late by a fraction of a millisecond).
+        """
+        nxt = float('inf')
+        margin = self.publish_margin
+        for tid, task in list(self._tasks.items()):
+            if task.stages_done >= 1:
+                due = task.deadline - margin
+                if due <= now:
+                    self._finish(tid, now)
+                elif due < nxt:
+                    nxt = due
+        return nxt
+
+    def _watch(self) -> None:
+        """Deadline watcher: a result is published at its deadline, not after the stage
+        that happens to be running then (the anytime promise)."""
+        while self._running:
+            with self._lock:
                 now = self.clock()
-                for tid in list(self._tasks):
-                    self._drop(tid, ERROR, now)
+                nxt = self._publish_due(now)
+            time.sleep(min(max(nxt - now, 0.0002), 0.005))
 
     def _step(self) -> None:
-        now = self.clock()
-        if self.policy.anytime:   # deadline passed with a result: publish at that depth
-            for tid, task in list(self._tasks.items()):
-                if task.deadline <= now and task.stages_done >= 1:
+        with self._lock:
+            now = self.clock()
+            if self.policy.anytime:
+                self._publish_due(now)
+            t0 = time.perf_counter()
+            dec = self.policy.decide(now, list(self._tasks.values()))
+            self.decision_s.append(time.perf_counter() - t0)
+            now = self.clock()
+            for tid, reason in dec.drop:
+                if tid in self._tasks:
+                    self._drop(tid, reason, now)
+            for tid in dec.finish:
+                if tid in self._tasks:
                     self._finish(tid, now)
-        t0 = time.perf_counter()
-        dec = self.policy.decide(now, list(self._tasks.values()))
-        self.decision_s.append(time.perf_counter() - t0)
-        now = self.clock()
-        for tid, reason in dec.drop:
-            if tid in self._tasks:
-                self._drop(tid, reason, now)
-        for tid in dec.finish:
-            if tid in self._tasks:
-                self._finish(tid, now)
-        run = [t for t in dec.run if t in self._tasks]
+            run = [t for t in dec.run if t in self._tasks]
+            idle = not run and not dec.drop and not dec.finish
+            wait = min((t.deadline for t in self._tasks.values()), default=now + 0.1) - now
         if run:
             self._run_stage(run)
-        elif not dec.drop and not dec.finish:
+        elif idle:
             # Idle until the next arrival or the earliest deadline.
-            wait = min((t.deadline for t in self._tasks.values()), default=now + 0.1) - now
             with self._cond:
                 if not self._inbox and self._running:
                     self._cond.wait(min(max(wait, 0.0005), 0.1))
 
     @torch.inference_mode()
     def _run_stage(self, tids: List[int]) -> None:
-        stage = self._tasks[tids[0]].stages_done + 1
-        shape = self._state[tids[0]].shape
-        tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
+        with self._lock:
+            tids = [t for t in tids if t in self._tasks]   # the watcher may have published
+            if not tids:
+                return
+            stage = self._tasks[tids[0]].stages_done + 1
+            shape = self._state[tids[0]].shape
+            tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
+            inputs = [self._state[t] for t in tids]
+        t0 = time.perf_counter()
         try:
-            x = torch.cat([self._state[t] for t in tids]) if len(tids) > 1 \
-                else self._state[tids[0]]
+            x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
             with StageTimer(self.device) as timer:
                 state, logits = self.net.run_stage(stage, x)
             probs = torch.softmax(logits.float() / self.temps[stage - 1].to(logits.device), 1)
             conf, pred = probs.max(dim=1)
             conf, pred = conf.cpu().numpy(), pred.cpu().numpy()
+            # The scheduler plans with what a stage costs the worker end to end (batching,
+            # exit softmax, copy back); the stage itself is timed apart (CUDA events).
+            dispatch = time.perf_counter() - t0
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
             log.error('stage %d failed on %d task(s): %s', stage, len(tids), e)
-            now = self.clock()
-            for t in tids:
-                self._drop(t, ERROR, now)
+            with self._lock:
+                now = self.clock()
+                for t in tids:
+                    if t in self._tasks:
+                        self._drop(t, ERROR, now)
             return
         self.stage_runs += 1
-        self.times.observe(stage, len(tids), timer.seconds)
-        for i, tid in enumerate(tids):
-            task = self._tasks.get(tid)
-            if task is None:
-                continue
-            task.stages_done = stage
-            task.confidences.append(float(conf[i]))
-            self._state[tid] = state[i:i + 1]
-            frame = self._frames[self._task_frame[tid]]
-            roi = frame['rois'][frame['tids'].index(tid)]
-            self._result[tid] = CropResult(int(pred[i]), self.classes[int(pred[i])],
-                                           float(conf[i]), stage, self.net.num_stages,
-                                           self.policy.expected_accuracy(task), roi)
-            if task.complete:
-                self._finish(tid, self.clock())
+        self.stage_s.append(timer.seconds)
+        self.times.observe(stage, len(tids), max(dispatch, timer.seconds))
+        with self._lock:
+            for i, tid in enumerate(tids):
+                task = self._tasks.get(tid)
+                if task is None:      # published at its deadline while the stage ran
+                    continue
+                task.stages_done = stage
+                task.confidences.append(float(conf[i]))
+                self._state[tid] = state[i:i + 1]
+                frame = self._frames[self._task_frame[tid]]
+                roi = frame['rois'][frame['tids'].index(tid)]
+                self._result[tid] = CropResult(int(pred[i]), self.classes[int(pred[i])],
+                                               float(conf[i]), stage, self.net.num_stages,
+                                               self.policy.expected_accuracy(task), roi)
+                now = self.clock()
+                if task.complete or now >= task.deadline - self.publish_margin:
+                    self._finish(tid, now)     # done, or due: publish what it has now
 
     # -- outcomes -------------------------------------------------------------------------
     def _close(self, tid: int) -> Optional[dict]:

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 # Parameters that need a new configure to take effect.
 STATIC = {'model', 'device', 'policy', 'fixed_depth', 'camera_topics', 'max_queue',
-          'qos_reliability', 'qos_depth', 'percentile'}
+          'qos_reliability', 'qos_depth', 'percentile', 'torch_threads'}
 SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
             '/image')
 
@@ -70,6 +70,7 @@ class AnytimeInferNode(LifecycleNode):
         self.card: Optional[dict] = None
         self._subs: List = []
         self._pubs: Dict[str, object] = {}
+        self._camera_of: Dict[str, str] = {}
         self._status_pub = None
         self._diag_pub = None
         self._timer = None
@@ -128,6 +129,9 @@ class AnytimeInferNode(LifecycleNode):
             resolve_model_dir
         from anytime_infer.scheduler.profiles import profile_from_dict
         try:
+            if self.cfg.torch_threads > 0:
+                import torch
+                torch.set_num_threads(self.cfg.torch_threads)
             folder = resolve_model_dir(self.cfg.model)
             net, card = load_model(folder)
             raw = read_json(os.path.join(folder, PROFILE), 'the profile')
@@ -143,8 +147,10 @@ class AnytimeInferNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.card = card
         for topic in self.cfg.camera_topics:
-            cam = camera_name(topic)
+            # Outputs follow the camera topic as remapped: <camera>/detections.
+            cam = camera_name(self.resolve_topic_name(topic))
             self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 10)
+            self._camera_of[topic] = cam
             if self.cfg.debug_image:
                 self._pubs[cam + '#image'] = self.create_publisher(
                     Image, f'{cam}/detections/image', 2)
@@ -269,7 +275,7 @@ class AnytimeInferNode(LifecycleNode):
                           expected_accuracy=float(r.expected_accuracy))
             d.roi.x_offset, d.roi.y_offset, d.roi.width, d.roi.height = map(int, r.roi)
             msg.detections.append(d)
-        cam = camera_name(topic)
+        cam = self._camera_of[topic]
         pub = self._pubs.get(cam)
         if pub is not None:
             pub.publish(msg)

@@ -49,6 +49,8 @@ SPECS = [
               '<camera>/detections/image'),
     ParamSpec('status_rate_hz', 1.0, 'rate of SchedulerStatus and /diagnostics', 0.01, 100.0),
     ParamSpec('percentile', 95, 'stage-time percentile the plans use', choices=(50, 95, 99)),
+    ParamSpec('torch_threads', 1, 'CPU threads for torch (0 = torch default); one leaves the '
+              'other cores to DDS and image conversion', 0, 256),
     ParamSpec('autostart', True, 'configure and activate at start (no lifecycle manager)'),
 ]
 
@@ -75,6 +77,7 @@ class NodeConfig:
     debug_image: bool = False
     status_rate_hz: float = 1.0
     percentile: int = 95
+    torch_threads: int = 1
     autostart: bool = True
 
     def deadline_s(self, camera: int) -> float:

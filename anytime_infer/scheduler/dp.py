@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 INF = float('inf')
+EPS = 1e-9       # seconds: float sums of stage times need not match to the last bit
 
 
 @dataclass
@@ -120,7 +121,7 @@ def build_rows(opts: Sequence[TaskOptions], quantum: float,
 
 def best_level(latest_start: np.ndarray, start: float) -> int:
     """Largest r whose latest start is at or after ``start`` (-1 if none)."""
-    ok = np.flatnonzero(latest_start >= start)
+    ok = np.flatnonzero(latest_start >= start - EPS)
     return int(ok[-1]) if ok.size else -1
 
 
@@ -146,7 +147,7 @@ def choose_front(now: float, front: TaskOptions, rest: Sequence[Row],
     best_total, best_o, best_r = -1, -1, -1
     for o, (c, qo) in enumerate(zip(front.times, q)):
         end = now + c
-        if c > 0 and end > front.deadline:
+        if c > 0 and end > front.deadline + EPS:
             continue
         r = best_level(after, end)
         if r >= 0 and qo + r > best_total:
@@ -191,6 +192,6 @@ def is_feasible(now: float, tasks: List[TaskOptions], picked: List[int]) -> bool
     clock = now
     for t, o in zip(tasks, picked):
         clock += t.times[o]
-        if t.times[o] > 0 and clock > t.deadline + 1e-12:
+        if t.times[o] > 0 and clock > t.deadline + EPS:
             return False
     return True

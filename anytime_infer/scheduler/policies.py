@@ -271,8 +271,15 @@ class ImpreciseDP(Policy):
             self._opt_cache = dict(zip(keys, opts))
             picked = self._fast_full_depth(start, opts, reserve)
             if picked is None:
-                o, tail = choose_front(start, opts[0], rows, self.quantum,
-                                       np.array([reserve]))
+                try:
+                    o, tail = choose_front(start, opts[0], rows, self.quantum,
+                                           np.array([reserve]))
+                except ValueError:
+                    # The others cannot all make it even at their least depth (stage
+                    # times ran over the plan): everyone at least depth now; the tasks
+                    # that no longer fit are shed as infeasible at the next decisions.
+                    self._win_keys, self._win_rows = [], []
+                    o, tail = 0, [0] * len(rows)
                 picked = [o] + tail
             self._fill_slack(start, opts, picked, reserve)
             for t, o, i in zip(chosen, opts, picked):

@@ -26,6 +26,7 @@ class StageTimes:
         self._measured: Dict[Tuple[int, int], Deque[float]] = {}
         self._window = window
         self._scale: Dict[Tuple[int, int], float] = {}
+        self._seen: Dict[Tuple[int, int], int] = {}
         self._cache: Dict[Tuple[int, int], float] = {}
         self.version = 0            # bumped whenever a planning time changes
         self.overhead = 0.0         # the planner's own time per stage boundary (s)
@@ -58,10 +59,14 @@ class StageTimes:
         key = (stage, batch)
         q = self._measured.setdefault(key, deque(maxlen=self._window))
         q.append(seconds)
-        if len(q) >= 8 and len(q) % 4 == 0:
-            p50, _ = self._calibrated(stage, batch)
-            # Only ever scale up from calibration by a measured slowdown, or down to it.
-            scale = max(0.5, float(np.median(q)) / p50)
+        self._seen[key] = seen = self._seen.get(key, 0) + 1
+        if len(q) >= 8 and seen % 8 == 0:
+            p50_cal, pct_cal = self._calibrated(stage, batch)
+            med, tail = np.percentile(q, [50, self.percentile])
+            # Plan for the slower of: calibration scaled by the measured slowdown, and the
+            # measured percentile itself (a busy machine has longer tails, not only a
+            # slower median).
+            scale = max(0.5, float(med) / p50_cal, float(tail) / pct_cal)
             if abs(scale - self._scale.get(key, 1.0)) > 0.05:   # ignore small drifts
                 self._scale[key] = scale
                 self._cache.pop(key, None)
