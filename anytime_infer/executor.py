@@ -270,8 +270,11 @@ class Executor:
         return nxt
 
     def _watch(self) -> None:
-        """Deadline watcher: a result is published at its deadline, not after the stage
-        that happens to be running then (the anytime promise)."""
+        """
+        Publish results when they fall due, whatever stage is running (the anytime promise).
+
+        Without this watcher a result would go out only after the running stage ends.
+        """
         while self._running:
             with self._lock:
                 now = self.clock()
