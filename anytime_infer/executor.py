@@ -253,7 +253,8 @@ class Executor:
                         self._drop(tid, ERROR, now)
 
     def _publish_due(self, now: float) -> float:
-        """Publish results due within the margin at their depth; return the next due time.
+        """
+        Publish results due within the margin at their depth; return the next due time.
 
         A result goes out ``publish_margin`` before its deadline (thread wake-up jitter
         would otherwise make it late by a fraction of a millisecond).
