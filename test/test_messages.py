@@ -86,8 +86,7 @@ PUBLISHER = textwrap.dedent("""
         pub.publish(msg)
         i += 1
         rclpy.spin_once(node, timeout_sec=0.05)
-"""
-)
+""")
 
 
 @pytest.mark.slow
