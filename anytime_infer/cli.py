@@ -257,6 +257,21 @@ def _add_bench_model(sub) -> None:
     p.set_defaults(func=_cmd_bench_model)
 
 
+def _cmd_bench_node(args: argparse.Namespace) -> int:
+    from anytime_infer.demo import bench_node
+    print(bench_node(args.model, [float(r) for r in args.rates.split(',')], args.seconds))
+    return 0
+
+
+def _add_bench_node(sub) -> None:
+    p = sub.add_parser('bench-node', help='two 1280x720 rgb8 cameras through the real node '
+                       'at rising rates: transport losses, latency, conversion time')
+    p.add_argument('--model', default='fashion_mnist')
+    p.add_argument('--rates', default='5,10,15,20,30', help='Hz per camera')
+    p.add_argument('--seconds', type=float, default=6.0)
+    p.set_defaults(func=_cmd_bench_node)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -270,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
-                          _add_bench, _add_bench_model, _add_demo, _add_export_samples]
+                          _add_bench, _add_bench_model, _add_bench_node, _add_demo,
+                          _add_export_samples]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

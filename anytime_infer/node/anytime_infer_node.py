@@ -53,6 +53,12 @@ def to_duration(seconds: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
+def _median(values) -> float:
+    """Median of a (possibly empty) sequence of numbers."""
+    vals = sorted(values)
+    return vals[len(vals) // 2] if vals else 0.0
+
+
 class AnytimeInferNode(LifecycleNode):
     """The anytime inference node."""
 
@@ -79,6 +85,7 @@ class AnytimeInferNode(LifecycleNode):
         self.depth_sum = 0
         self._warned: Dict[tuple, float] = {}
         self._arrivals: deque = deque(maxlen=100000)
+        self._conversion_s: deque = deque(maxlen=1000)   # per-frame conversion time
         if self.cfg.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError('autostart: configure failed (see the log)')
@@ -221,6 +228,7 @@ class AnytimeInferNode(LifecycleNode):
 
     def _on_image(self, msg, camera: int, topic: str, compressed: bool) -> None:
         from anytime_infer.executor import FrameJob, FrameOutcome
+        t_conv = time.perf_counter()
         now = self._now()
         with self._lock:
             self.counts['received'] += 1
@@ -250,6 +258,7 @@ class AnytimeInferNode(LifecycleNode):
             return
         if self.cfg.deadline_from == 'stamp':
             job.deadline = stamp + self.cfg.deadline_s(camera)
+        self._conversion_s.append(time.perf_counter() - t_conv)
         self.executor_.submit(job)
 
     def _on_outcome(self, out) -> None:
@@ -325,6 +334,7 @@ class AnytimeInferNode(LifecycleNode):
             self._status_pub.publish(st)
         if self._diag_pub is None:
             return
+        ex = self.executor_
         level = DiagnosticStatus.OK
         if st.frames_received and (st.frames_late + st.frames_dropped) > \
                 0.05 * st.frames_received:
@@ -337,7 +347,10 @@ class AnytimeInferNode(LifecycleNode):
             ('policy', st.policy), ('model', st.model), ('received', st.frames_received),
             ('on_time', st.frames_on_time), ('late', st.frames_late),
             ('dropped', st.frames_dropped), ('queue_length', st.queue_length),
-            ('mean_depth', f'{st.mean_depth:.3f}'))]
+            ('mean_depth', f'{st.mean_depth:.3f}'),
+            ('conversion_ms_p50', f'{1000 * _median(self._conversion_s):.3f}'),
+            ('decision_ms_p50', f'{1000 * _median(ex.decision_s) if ex else 0.0:.3f}'),
+            ('stage_ms_p50', f'{1000 * _median(ex.stage_s) if ex else 0.0:.3f}'))]
         ds.values += [KeyValue(key='dropped_' + r, value=str(n))
                       for r, n in zip(st.drop_reasons, st.drop_counts)]
         arr = DiagnosticArray(status=[ds])
