@@ -222,9 +222,16 @@ class ImpreciseDP(Policy):
         reserve = self._reserve(rest_all[len(window):], p1)
         if window and reserve >= window[-1].deadline:
             reserve = INF    # nothing after the window can constrain it
-        opts = [self._opt_cache.get(self._key(t)) or self._options(t) for t in window]
+        wkeys = [self._key(t) for t in window]
+        cache = self._opt_cache
+        opts = []
+        for k, t in zip(wkeys, window):
+            o = cache.get(k)
+            if o is None:
+                o = cache[k] = self._options(t)
+            opts.append(o)
         rows = build_rows(opts, self.quantum, base=np.array([reserve]))
-        self._win_keys = [self._key(t) for t in window]
+        self._win_keys = wkeys
         self._win_rows, self._win_reserve = rows, reserve
         return window, rows, reserve
 
@@ -268,6 +275,7 @@ class ImpreciseDP(Policy):
             cache = self._opt_cache
             keys = [self._key(t) for t in chosen]
             opts = [cache.get(k) or self._options(t) for k, t in zip(keys, chosen)]
+            # Keep only what is pending (bounded memory).
             self._opt_cache = dict(zip(keys, opts))
             picked = self._fast_full_depth(start, opts, reserve)
             if picked is None:
