@@ -175,6 +175,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         dec = [r for r in rows if r['label'] == 'imprecise_dp']
         print(f'\nimprecise_dp decision p50 {max(r["decision_ms_p50"] for r in dec):.3f} ms '
               f'(worst load), mean stage {dec[0]["mean_stage_ms"]:.3f} ms')
+        from anytime_infer.evaluation import decision_benchmark
+        db = decision_benchmark(src)
+        for key in ('default_horizon', 'full_horizon'):
+            d = db[key]
+            print(f'one decision, {db["tasks"]} pending tasks, horizon {d["horizon"]}: p50 '
+                  f'{d["decision_ms_p50"]:.3f} ms = {d["ratio_to_mean_stage"]:.2f} x the mean '
+                  f'stage ({db["mean_stage_ms"]:.3f} ms)')
+        with open(os.path.join(args.out, f'{model}_decision.json'), 'w') as f:
+            json.dump(db, f, indent=1)
         if not args.no_ablations:
             ab = ablations(src, load=max(loads), frames=args.frames, seed=args.seed)
             path = os.path.join(args.out, f'{model}_ablations.json')

@@ -227,3 +227,39 @@ def plot_bench(rows: List[Dict], out: str, name: str, loads: Sequence[float]) ->
     plt.close(fig)
     files.append(path)
     return files
+
+
+def decision_benchmark(src: Source, n_tasks: int = 32, runs: int = 300,
+                       seed: int = 0) -> Dict:
+    """
+    Time one planning decision of imprecise_dp for ``n_tasks`` pending 4-stage tasks.
+
+    Every run uses fresh tasks (new ids: no cached table helps) whose front task has run
+    its mandatory stage, so the DP must be evaluated; both the default receding horizon
+    and a horizon covering all tasks are timed.
+    """
+    import time as _time
+    from anytime_infer.scheduler.policies import ImpreciseDP
+    from anytime_infer.scheduler.task import Task
+    rng = np.random.default_rng(seed)
+    mean_stage = src.profile.full_depth_mean() / src.profile.num_stages
+    out = {'tasks': n_tasks, 'mean_stage_ms': mean_stage * 1000.0}
+    for label, horizon in (('default_horizon', None), ('full_horizon', n_tasks)):
+        kw = {} if horizon is None else {'horizon': horizon}
+        pol = ImpreciseDP(src.profile, StageTimes(src.profile), batching=True, **kw)
+        times = []
+        for r in range(runs):
+            tasks = []
+            for i in range(n_tasks):
+                t = Task(r * n_tasks + i, i % 4, 0.0, 0.004 + 0.0008 * i,
+                         src.profile.num_stages)
+                t.stages_done = 1 if i == 0 else int(rng.integers(0, 3))
+                t.confidences = [float(rng.random()) for _ in range(t.stages_done)]
+                tasks.append(t)
+            t0 = _time.perf_counter()
+            pol.decide(0.0, tasks)
+            times.append(_time.perf_counter() - t0)
+        p50 = float(np.median(times)) * 1000.0
+        out[label] = {'horizon': pol.horizon, 'decision_ms_p50': p50,
+                      'ratio_to_mean_stage': p50 / (mean_stage * 1000.0)}
+    return out
