@@ -268,7 +268,8 @@ def _add_bench_model(sub) -> None:
 
 def _cmd_bench_node(args: argparse.Namespace) -> int:
     from anytime_infer.demo import bench_node
-    print(bench_node(args.model, [float(r) for r in args.rates.split(',')], args.seconds))
+    print(bench_node(args.model, [float(r) for r in args.rates.split(',')], args.seconds,
+                     reliability=args.qos))
     return 0
 
 
@@ -278,6 +279,9 @@ def _add_bench_node(sub) -> None:
     p.add_argument('--model', default='fashion_mnist')
     p.add_argument('--rates', default='5,10,15,20,30', help='Hz per camera')
     p.add_argument('--seconds', type=float, default=6.0)
+    p.add_argument('--qos', default='reliable', choices=['reliable', 'best_effort'],
+                   help='image QoS of camera and node (best_effort loses large frames on '
+                   'Fast DDS here; see README)')
     p.set_defaults(func=_cmd_bench_node)
 
 

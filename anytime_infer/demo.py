@@ -121,7 +121,7 @@ class Tally:
 
 def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float,
          frames: int, size: int = 0, settle_s: float = 3.0, progress=None,
-         warmup_s: float = 20.0) -> Tally:
+         warmup_s: float = 20.0, reliable_images: bool = False) -> Tally:
     """
     Publish ``frames`` frames per camera at ``rate_hz`` and collect the outcomes.
 
@@ -137,7 +137,9 @@ def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float
 
     tally = Tally()
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = [node.create_publisher(Image, t, qos_profile_sensor_data) for t in topics]
+    image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) \
+        if reliable_images else qos_profile_sensor_data
+    pubs = [node.create_publisher(Image, t, image_qos) for t in topics]
     frame_ids = [camera_name(t).strip('/').replace('/', '_') + '_optical' for t in topics]
     for t, fid in zip(topics, frame_ids):
         node.create_subscription(
@@ -229,7 +231,8 @@ def run_demo(model: str = 'fashion_mnist', rate_hz: float = 30.0, seconds: float
 
 
 def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0),
-               seconds: float = 6.0, width: int = 1280, height: int = 720) -> str:
+               seconds: float = 6.0, width: int = 1280, height: int = 720,
+               reliability: str = 'reliable') -> str:
     """
     Two rgb8 cameras of ``width`` x ``height`` into the real node, rate by rate.
 
@@ -252,7 +255,8 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
     topics = ['camera_front/image_raw', 'camera_rear/image_raw']
     proc = subprocess.Popen(node_command(repo_cfg, ['-p', f'model:={model}',
                                                     '-p', 'deadline_ms:=200.0',
-                                                    '-p', 'status_rate_hz:=5.0']),
+                                                    '-p', 'status_rate_hz:=5.0',
+                                                    '-p', f'qos_reliability:={reliability}']),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rclpy.init()
     node = rclpy.create_node('anytime_infer_bench_camera')
@@ -262,7 +266,9 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
     node.create_subscription(
         DiagnosticArray, '/diagnostics',
         lambda m: diag.update({kv.key: kv.value for st in m.status for kv in st.values}), 10)
-    lines = [f'two {width}x{height} rgb8 cameras, model {model}, {seconds:.0f} s per rate',
+    lines = [f'two {width}x{height} rgb8 cameras, model {model}, {seconds:.0f} s per rate, '
+             f'{reliability} image QoS, FASTDDS_BUILTIN_TRANSPORTS='
+             f'{os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")}',
              '', '| rate per camera (Hz) | sent | received by node | outcomes | on time | '
              'mean depth | latency p50 / p99 (ms) | conversion p50 (ms) |',
              '|---|---|---|---|---|---|---|---|']
@@ -270,7 +276,7 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
         before = 0
         for rate in rates:
             tally = play(node, topics, big_samples, rate, int(rate * seconds), settle_s=3.0,
-                         warmup_s=60.0)
+                         warmup_s=60.0, reliable_images=reliability == 'reliable')
             end = time.monotonic() + 1.5
             while time.monotonic() < end:
                 rclpy.spin_once(node, timeout_sec=0.05)
