@@ -20,6 +20,7 @@ from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to
 from anytime_infer.node.params import NodeConfig, SPECS, validate
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, \
     SetParametersResult
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -28,7 +29,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 # Parameters that need a new configure to take effect.
 STATIC = {'model', 'device', 'policy', 'fixed_depth', 'camera_topics', 'max_queue',
-          'qos_reliability', 'qos_depth', 'percentile', 'torch_threads'}
+          'qos_reliability', 'qos_depth', 'percentile', 'torch_threads', 'roi_topics'}
 SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
             '/image')
 
@@ -77,6 +78,7 @@ class AnytimeInferNode(LifecycleNode):
         self._subs: List = []
         self._pubs: Dict[str, object] = {}
         self._camera_of: Dict[str, str] = {}
+        self._rois: Dict[int, deque] = {}     # camera -> recent (stamp, [x, y, w, h]...)
         self._status_pub = None
         self._diag_pub = None
         self._timer = None
@@ -111,6 +113,7 @@ class AnytimeInferNode(LifecycleNode):
         values['camera_topics'] = list(values['camera_topics'])
         values['deadlines_ms'] = [float(v) for v in values['deadlines_ms']]
         values['weights'] = [float(v) for v in values['weights']]
+        values['roi_topics'] = [str(v) for v in values['roi_topics']]
         return NodeConfig(**values)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -182,6 +185,12 @@ class AnytimeInferNode(LifecycleNode):
                 CompressedImage if compressed else Image, topic,
                 lambda msg, i=i, topic=topic, c=compressed: self._on_image(msg, i, topic, c),
                 qos))
+        for i in range(len(self.cfg.camera_topics)):
+            rt = self.cfg.roi_topic(i)
+            if rt:
+                self._rois[i] = deque(maxlen=64)
+                self._subs.append(self.create_subscription(
+                    DetectionArray, rt, lambda m, i=i: self._on_rois(m, i), 10))
         self._timer = self.create_timer(1.0 / self.cfg.status_rate_hz, self._publish_status)
         self.get_logger().info('active')
         return super().on_activate(state)
@@ -243,9 +252,13 @@ class AnytimeInferNode(LifecycleNode):
             arr, enc = (compressed_to_array if compressed else image_to_array)(
                 msg, self.cfg.max_image_pixels)
             pre = self.card['preprocess']
-            job.inputs = to_model_input(arr, enc, pre['height'], pre['width'],
-                                        pre['channels'])[None]
-            job.rois = [(0, 0, arr.shape[1], arr.shape[0])]
+            job.rois = self._regions(camera, stamp, arr.shape[1], arr.shape[0])
+            if not job.rois:   # regions configured, none for this frame: nothing to classify
+                self._on_outcome(FrameOutcome(job, 'on_time', '', [], now))
+                return
+            job.inputs = np.stack([
+                to_model_input(arr[y:y + h, x:x + w], enc, pre['height'], pre['width'],
+                               pre['channels']) for x, y, w, h in job.rois])
             if self.cfg.debug_image:
                 job.meta = (msg.header, topic, (arr, enc))
         except BadInput as e:
@@ -260,6 +273,37 @@ class AnytimeInferNode(LifecycleNode):
             job.deadline = stamp + self.cfg.deadline_s(camera)
         self._conversion_s.append(time.perf_counter() - t_conv)
         self.executor_.submit(job)
+
+    def _on_rois(self, msg: DetectionArray, camera: int) -> None:
+        """Keep the regions of interest another node found in a camera's frame."""
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        rois = [(d.roi.x_offset, d.roi.y_offset, d.roi.width, d.roi.height)
+                for d in msg.detections]
+        with self._lock:
+            self._rois[camera].append((stamp, rois))
+
+    def _regions(self, camera: int, stamp: float, width: int, height: int) -> List[tuple]:
+        """
+        Return the regions to classify in a frame, clipped to it (whole frame by default).
+
+        With a ROI topic: the regions with the frame's stamp, else the latest ones at most
+        ``roi_max_age_s`` older; none (an empty list) when there are no such regions.
+        """
+        if camera not in self._rois:
+            return [(0, 0, width, height)]
+        with self._lock:
+            known = list(self._rois[camera])
+        match = next((r for s, r in reversed(known) if abs(s - stamp) < 1e-6), None)
+        if match is None:
+            recent = [(s, r) for s, r in known if 0 <= stamp - s <= self.cfg.roi_max_age_s]
+            match = recent[-1][1] if recent else []
+        out = []
+        for x, y, w, h in match:
+            x0, y0 = min(max(int(x), 0), width), min(max(int(y), 0), height)
+            x1, y1 = min(int(x) + int(w), width), min(int(y) + int(h), height)
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                out.append((x0, y0, x1 - x0, y1 - y0))
+        return out
 
     def _on_outcome(self, out) -> None:
         """Count and publish one frame's outcome (called from the worker thread too)."""

@@ -49,6 +49,11 @@ SPECS = [
               '<camera>/detections/image'),
     ParamSpec('status_rate_hz', 1.0, 'rate of SchedulerStatus and /diagnostics', 0.01, 100.0),
     ParamSpec('percentile', 95, 'stage-time percentile the plans use', choices=(50, 95, 99)),
+    ParamSpec('roi_topics', [''], 'per camera, a DetectionArray topic whose detections` roi '
+              'fields are regions to classify in its frames (one task each, with the frame '
+              'deadline); empty: classify the whole frame'),
+    ParamSpec('roi_max_age_s', 0.2, 'use the latest regions of a camera when none carry the '
+              'exact stamp of the frame and they are at most this much older (s)', 0.0, 60.0),
     ParamSpec('torch_threads', 1, 'CPU threads for torch (0 = torch default); one leaves the '
               'other cores to DDS and image conversion', 0, 256),
     ParamSpec('autostart', True, 'configure and activate at start (no lifecycle manager)'),
@@ -77,6 +82,8 @@ class NodeConfig:
     debug_image: bool = False
     status_rate_hz: float = 1.0
     percentile: int = 95
+    roi_topics: List[str] = field(default_factory=list)
+    roi_max_age_s: float = 0.2
     torch_threads: int = 1
     autostart: bool = True
 
@@ -84,6 +91,10 @@ class NodeConfig:
         """Relative deadline (s) of a camera."""
         per = self.deadlines_ms[camera] if camera < len(self.deadlines_ms) else 0.0
         return (per if per > 0 else self.deadline_ms) / 1000.0
+
+    def roi_topic(self, camera: int) -> str:
+        """Return the regions-of-interest topic of a camera ('' for whole frames)."""
+        return self.roi_topics[camera] if camera < len(self.roi_topics) else ''
 
     def weight(self, camera: int) -> float:
         """Weight of a camera."""
