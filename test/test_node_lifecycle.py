@@ -106,3 +106,52 @@ def test_lifecycle_rois_debug_image_and_status(ros_pair):
     assert not node._subs
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert node.executor_ is None
+
+
+def test_deadlines_follow_sim_time_from_clock():
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    from anytime_infer.demo import frame_message, load_samples
+    from anytime_infer.msg import DetectionArray
+    from anytime_infer.node.anytime_infer_node import AnytimeInferNode
+    rclpy.init()
+    node = AnytimeInferNode(parameter_overrides=[
+        Parameter('use_sim_time', value=True),
+        Parameter('model', value='traffic_lights'),
+        Parameter('camera_topics', value=['st/cam/image_raw']),
+        Parameter('deadline_ms', value=250.0)])
+    peer = rclpy.create_node('st_peer')
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    ex.add_node(peer)
+    try:
+        got = []
+        peer.create_subscription(DetectionArray, 'st/cam/detections', got.append, 10)
+        clock_pub = peer.create_publisher(Clock, '/clock', 10)
+        img_pub = peer.create_publisher(Image, 'st/cam/image_raw',
+                                        QoSProfile(depth=5,
+                                                   reliability=ReliabilityPolicy.RELIABLE))
+        sim_now = 1_000_000 * 10**9            # a bag's clock, far from wall time
+        clock = Clock()
+        clock.clock.sec, clock.clock.nanosec = divmod(sim_now, 10**9)
+        assert spin_until(ex, lambda: (clock_pub.publish(clock) or True) and
+                          node.get_clock().now().nanoseconds == sim_now and
+                          img_pub.get_subscription_count())
+        img = load_samples('traffic_lights')['images'][0]
+        img_pub.publish(frame_message(img, sim_now, 'st_cam'))
+        assert spin_until(ex, lambda: got)
+        out = got[0]
+        deadline = out.deadline.sec * 10**9 + out.deadline.nanosec
+        assert deadline == sim_now + 250 * 10**6, 'deadline not on the ROS (sim) clock'
+        assert out.outcome != DetectionArray.DROPPED, out
+    finally:
+        node.executor_.stop()
+        ex.shutdown()
+        node.destroy_node()
+        peer.destroy_node()
+        rclpy.shutdown()
