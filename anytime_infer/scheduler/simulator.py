@@ -128,13 +128,21 @@ def make_arrivals(streams: List[Stream], frames: int, kind: str, rng: np.random.
 
 def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[Stream],
              frames: int = 3000, seed: int = 0, arrival: str = 'periodic',
-             charge_decisions: bool = True) -> SimResult:
-    """Run one policy on one arrival process; return every frame's outcome."""
+             charge_decisions: bool = True, arrivals: Optional[List[tuple]] = None,
+             samples: Optional[np.ndarray] = None) -> SimResult:
+    """
+    Run one policy on one arrival process; return every frame's outcome.
+
+    ``arrivals`` ((time s, stream) pairs in time order) and ``samples`` (the trace row of
+    each arrival) replace the generated process, e.g. to replay a recorded bag.
+    """
     if trace.num_exits != profile.num_stages:
         raise ValueError(f'trace has {trace.num_exits} exits, profile {profile.num_stages}')
     rng = np.random.default_rng(seed)
-    arrivals = make_arrivals(streams, frames, arrival, rng)
-    samples = rng.integers(0, len(trace.samples), len(arrivals))
+    if arrivals is None:
+        arrivals = make_arrivals(streams, frames, arrival, rng)
+    if samples is None:
+        samples = rng.integers(0, len(trace.samples), len(arrivals))
     sample_rng = np.random.default_rng(seed + 1)   # stage times apart from arrivals
     results = [FrameResult(stream=s) for _, s in arrivals]
     pending: Dict[int, Task] = {}

@@ -1,0 +1,131 @@
+"""Bags: making them, replaying them (deterministic and through the node), bad bags."""
+import json
+import os
+
+from anytime_infer.cli import main
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def bag(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('bags') / 'drive')
+    assert main(['make-bag', '--out', path, '--frames', '30', '--rate', '20']) == 0
+    return path
+
+
+def _report(folder):
+    with open(os.path.join(folder, 'report.json')) as f:
+        return json.load(f)
+
+
+def test_deterministic_replay_is_byte_identical_and_complete(bag, tmp_path):
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    assert main(['replay', bag, '--out', a, '--deterministic', '--seed', '3']) == 0
+    assert main(['replay', bag, '--out', b, '--deterministic', '--seed', '3']) == 0
+    with open(os.path.join(a, 'report.json'), 'rb') as fa, \
+            open(os.path.join(b, 'report.json'), 'rb') as fb:
+        assert fa.read() == fb.read()
+    rep = _report(a)
+    assert rep['complete'] and rep['ground_truth']
+    t = rep['total']
+    assert t['frames_in'] == 60 and t['on_time'] + t['late'] + sum(t['dropped'].values()) == 60
+    assert 0.5 < t['accuracy'] <= 1.0 and set(rep['cameras']) == {
+        '/camera_0/image_raw', '/camera_1/image_raw'}
+    assert os.path.exists(os.path.join(a, 'report.md'))
+    assert os.path.exists(os.path.join(a, 'replay.png'))
+
+
+def test_sqlite3_compressed_bag_scores_like_the_raw_one(bag, tmp_path):
+    comp = str(tmp_path / 'comp')
+    assert main(['make-bag', '--out', comp, '--frames', '30', '--rate', '20',
+                 '--storage', 'sqlite3', '--compressed']) == 0
+    assert main(['replay', comp, '--out', str(tmp_path / 'c'), '--deterministic']) == 0
+    assert main(['replay', bag, '--out', str(tmp_path / 'r'), '--deterministic']) == 0
+    c, r = _report(str(tmp_path / 'c')), _report(str(tmp_path / 'r'))
+    assert list(c['cameras']) == ['/camera_0/image_raw/compressed',
+                                  '/camera_1/image_raw/compressed']
+    assert c['total']['accuracy'] == r['total']['accuracy']   # png is lossless
+
+
+def test_bag_written_by_mcap_ros2_with_other_topics_and_no_ground_truth(tmp_path):
+    from mcap_ros2.writer import Writer as McapWriter
+
+    from anytime_infer.bagtypes import project_typestore
+    text, _ = project_typestore().generate_msgdef('sensor_msgs/msg/Image', ros_version=2)
+    path = str(tmp_path / 'foreign.mcap')
+    with open(path, 'wb') as f:
+        w = McapWriter(f)
+        img = w.register_msgdef('sensor_msgs/msg/Image', text)
+        chat = w.register_msgdef('std_msgs/msg/String', 'string data\n')
+        for i in range(12):
+            t = 1_700_000_000 * 10**9 + i * 50_000_000
+            w.write_message('/front/image_raw', img, {
+                'header': {'stamp': {'sec': t // 10**9, 'nanosec': t % 10**9},
+                           'frame_id': 'front'},
+                'height': 28, 'width': 28, 'encoding': 'mono8', 'is_bigendian': 0,
+                'step': 28, 'data': bytes(np.full(784, i * 20, np.uint8))},
+                log_time=t, publish_time=t)
+            w.write_message('/chatter', chat, {'data': 'x'}, log_time=t, publish_time=t)
+        w.finish()
+    out = str(tmp_path / 'rep')
+    assert main(['replay', path, '--out', out, '--deterministic']) == 0
+    rep = _report(out)
+    assert rep['ground_truth'] is False and rep['total']['accuracy'] is None
+    assert rep['total']['frames_in'] == 12 and list(rep['cameras']) == ['/front/image_raw']
+
+
+@pytest.mark.parametrize('kind', ['missing', 'not_a_bag', 'no_images', 'truncated'])
+def test_bad_bags_give_a_clear_error_and_nonzero_status(kind, bag, tmp_path, capsys):
+    import shutil
+    path = str(tmp_path / kind)
+    if kind == 'not_a_bag':
+        os.makedirs(path)
+        with open(os.path.join(path, 'metadata.yaml'), 'w') as f:
+            f.write('not: [a, bag\n')
+    elif kind == 'no_images':
+        from anytime_infer.bagtypes import project_typestore
+        from anytime_infer.msg import DetectionArray
+        from rclpy.serialization import serialize_message
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+            c = w.add_connection('/x/detections', 'anytime_infer/msg/DetectionArray',
+                                 typestore=project_typestore())
+            w.write(c, 1, serialize_message(DetectionArray()))
+    elif kind == 'truncated':
+        shutil.copytree(bag, path)
+        mcap = [f for f in os.listdir(path) if f.endswith('.mcap')][0]
+        full = os.path.join(path, mcap)
+        size = os.path.getsize(full)
+        with open(full, 'r+b') as f:
+            f.truncate(size // 2)
+    out = str(tmp_path / 'out')
+    status = main(['replay', path, '--out', out, '--deterministic'])
+    err = capsys.readouterr().err
+    assert status != 0
+    rep = _report(out)
+    assert rep['complete'] is False and rep['errors']
+    if kind == 'truncated' and 'total' in rep:
+        assert 0 < rep['total']['frames_in'] < 60     # what was read before the fault
+    else:
+        assert 'error' in err
+
+
+def test_replay_through_the_node_over_dds(bag, tmp_path):
+    out = str(tmp_path / 'dds')
+    assert main(['replay', bag, '--out', out, '--deadline-ms', '80']) == 0
+    rep = _report(out)
+    t = rep['total']
+    assert rep['complete'] and t['frames_in'] == 60
+    assert t['on_time'] + t['late'] + sum(t['dropped'].values()) == 60
+    assert t['dropped'].get('lost', 0) == 0, t
+    assert t['accuracy'] > 0.5 and t['latency_ms_p50'] is not None
+    from rosbags.highlevel import AnyReader
+    from pathlib import Path
+
+    from anytime_infer.bagtypes import project_typestore
+    with AnyReader([Path(out) / 'detections'], default_typestore=project_typestore()) as r:
+        n = sum(1 for _ in r.messages())
+    assert n == 60
