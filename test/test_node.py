@@ -23,7 +23,8 @@ REMAPPED = ['/test/front/image_raw', '/test/rear/image_raw']
 def launch_like_command(repo_root, extra=()):
     """Build the command of launch/anytime_infer.launch.py: executable, params, remaps."""
     params = os.path.join(repo_root, 'config', 'anytime_infer.yaml')
-    return node_command(params, ['-p', 'deadline_ms:=60.0', *extra] + REMAPS)
+    return node_command(params, ['-p', 'deadline_ms:=60.0', '-p', 'qos_depth:=50', *extra]
+                        + REMAPS)
 
 
 @pytest.fixture(scope='module')

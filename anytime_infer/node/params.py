@@ -48,7 +48,7 @@ SPECS = [
     ParamSpec('debug_image', False, 'publish an annotated image on '
               '<camera>/detections/image'),
     ParamSpec('status_rate_hz', 1.0, 'rate of SchedulerStatus and /diagnostics', 0.01, 100.0),
-    ParamSpec('percentile', 95, 'stage-time percentile the plans use', choices=(50, 95, 99)),
+    ParamSpec('percentile', 99, 'stage-time percentile the plans use', choices=(50, 95, 99)),
     ParamSpec('roi_topics', [''], 'per camera, a DetectionArray topic whose detections` roi '
               'fields are regions to classify in its frames (one task each, with the frame '
               'deadline); empty: classify the whole frame'),
@@ -81,7 +81,7 @@ class NodeConfig:
     publish_dropped: bool = True
     debug_image: bool = False
     status_rate_hz: float = 1.0
-    percentile: int = 95
+    percentile: int = 99
     roi_topics: List[str] = field(default_factory=list)
     roi_max_age_s: float = 0.2
     torch_threads: int = 1
