@@ -67,7 +67,8 @@ def compressed_to_array(msg, max_pixels: int) -> Tuple[np.ndarray, str]:
     if len(data) == 0:
         raise BadInput('empty compressed data')
     buf = np.frombuffer(memoryview(data), dtype=np.uint8)
-    # Read the size from the header first so a huge image is refused before decoding.
+    # OpenCV bounds what it decodes (CV_IO_MAX_IMAGE_PIXELS, 2^30 by default); the
+    # configured limit is enforced on the decoded size.
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise BadInput(f'corrupt or truncated {msg.format} data ({len(data)} bytes)')
