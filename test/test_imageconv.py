@@ -1,9 +1,9 @@
 """Image conversion without cv_bridge: every supported encoding, and every kind of bad input."""
 from array import array
 
-import cv2
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
     to_model_input
+import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
@@ -60,12 +60,12 @@ def test_compressed_images_decode(fmt, ext):
 def test_bad_raw_images_are_refused_with_a_reason():
     good = raw(RGB, 'rgb8')
     cases = {
-        'unsupported encoding': dict(encoding='yuv422'),
-        'step': dict(step=3),
-        'truncated': dict(data=array('B', bytes(20))),
-        'empty data': dict(data=array('B')),
-        'does not match': dict(height=4),
-        'empty image': dict(width=0),
+        'unsupported encoding': {'encoding': 'yuv422'},
+        'step': {'step': 3},
+        'truncated': {'data': array('B', bytes(20))},
+        'empty data': {'data': array('B')},
+        'does not match': {'height': 4},
+        'empty image': {'width': 0},
     }
     for why, change in cases.items():
         m = raw(RGB, 'rgb8')
