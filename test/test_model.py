@@ -154,3 +154,28 @@ def test_calibrate_writes_a_profile_from_the_validation_split(model_copy):
     assert len(prof['temperature']) == 4 and all(t > 0 for t in prof['temperature'])
     assert all(e1 <= e0 + 0.02 for e0, e1 in zip(prof['ece_before'], prof['ece_after']))
     assert len(prof['cond_accuracy'][0][3]) == len(prof['conf_edges'][0]) - 1
+
+
+@pytest.mark.slow
+def test_image_folder_trains_calibrates_and_traces_with_the_same_commands(tmp_path):
+    import cv2
+
+    from anytime_infer.cli import main
+    from anytime_infer.scheduler.traces import read_trace
+    rng = np.random.default_rng(0)
+    root = tmp_path / 'lights'
+    for name, colour in (('red', (0, 0, 255)), ('green', (0, 255, 0))):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            img = rng.integers(0, 60, (40, 20, 3), dtype=np.uint8)
+            cv2.circle(img, (10, 20 if name == 'red' else 30), 6, colour, -1)
+            cv2.imwrite(str(root / name / f'{i}.png'), img)
+    out = tmp_path / 'model'
+    assert main(['train', '--images', str(root), '--model', 'my_lights', '--out', str(out),
+                 '--epochs', '2', '--batch', '16']) == 0
+    assert main(['calibrate', '--model-dir', str(out), '--batches', '1', '--runs', '5']) == 0
+    assert main(['trace', '--model', str(out), '--out', str(tmp_path / 't.csv')]) == 0
+    tr = read_trace(str(tmp_path / 't.csv'))
+    _, card = load_model(str(out))
+    assert card['classes'] == ['green', 'red'] and tr.num_exits == 4
+    assert len(tr.samples) == card['data']['split_sizes']['test'] > 0
