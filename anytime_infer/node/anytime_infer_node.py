@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from anytime_infer.executor import FrameJob, FrameOutcome
 from anytime_infer.msg import Detection, DetectionArray, SchedulerStatus
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
     to_model_input
@@ -236,7 +237,6 @@ class AnytimeInferNode(LifecycleNode):
             self.get_logger().warning(f'{topic}: dropped a frame: {reason}')
 
     def _on_image(self, msg, camera: int, topic: str, compressed: bool) -> None:
-        from anytime_infer.executor import FrameJob, FrameOutcome
         t_conv = time.perf_counter()
         now = self._now()
         with self._lock:
