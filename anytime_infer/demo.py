@@ -136,8 +136,10 @@ def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float
     from sensor_msgs.msg import Image
 
     tally = Tally()
-    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) \
+    # Deep queues: at hundreds of frames per second a reliable KEEP_LAST writer whose
+    # reader falls behind overwrites what was not acknowledged yet.
+    reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    image_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE) \
         if reliable_images else qos_profile_sensor_data
     pubs = [node.create_publisher(Image, t, image_qos) for t in topics]
     frame_ids = [camera_name(t).strip('/').replace('/', '_') + '_optical' for t in topics]

@@ -160,7 +160,7 @@ class AnytimeInferNode(LifecycleNode):
         for topic in self.cfg.camera_topics:
             # Outputs follow the camera topic as remapped: <camera>/detections.
             cam = camera_name(self.resolve_topic_name(topic))
-            self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 100)
+            self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 1000)
             self._camera_of[topic] = cam
             if self.cfg.debug_image:
                 self._pubs[cam + '#image'] = self.create_publisher(
