@@ -129,7 +129,6 @@ def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float
     frame is sent before the node listens, then plays, then waits ``settle_s`` for the
     last outcomes.
     """
-    import rclpy
     from anytime_infer.msg import DetectionArray
     from anytime_infer.node.anytime_infer_node import camera_name
     from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
@@ -143,12 +142,26 @@ def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float
         if reliable_images else qos_profile_sensor_data
     pubs = [node.create_publisher(Image, t, image_qos) for t in topics]
     frame_ids = [camera_name(t).strip('/').replace('/', '_') + '_optical' for t in topics]
+    subs = []
     for t, fid in zip(topics, frame_ids):
-        node.create_subscription(
+        subs.append(node.create_subscription(
             DetectionArray, camera_name(t) + '/detections',
             lambda m, t=t, fid=fid: tally.add(
                 (t, m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec), m, fid),
-            reliable)
+            reliable))
+    try:
+        return _play(node, pubs, topics, frame_ids, tally, samples, rate_hz, frames, size,
+                     settle_s, progress, warmup_s)
+    finally:   # a node that plays again must not feed old tallies
+        for sub in subs:
+            node.destroy_subscription(sub)
+        for pub in pubs:
+            node.destroy_publisher(pub)
+
+
+def _play(node, pubs, topics, frame_ids, tally, samples, rate_hz, frames, size, settle_s,
+          progress, warmup_s) -> Tally:
+    import rclpy
     end = time.monotonic() + warmup_s
     while time.monotonic() < end and not all(p.get_subscription_count() for p in pubs):
         rclpy.spin_once(node, timeout_sec=0.05)
