@@ -318,7 +318,7 @@ def evaluate_dds(bag: str, contents: BagContents, out_dir: str, model: str, poli
     cmd = node_command(repo_cfg, [
         '-p', 'camera_topics:=[' + ','.join(topics) + ']', '-p', f'model:={model}',
         '-p', f'policy:={policy}', '-p', f'deadline_ms:={deadline_ms}',
-        '-p', 'use_sim_time:=true', '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=200',
+        '-p', 'use_sim_time:=true', '-p', 'qos_reliability:=reliable', '-p', 'qos_depth:=1000',
         '-p', f'max_queue:={max(64, 8 * len(topics))}', '-p', 'stamp_tolerance_s:=1e6'])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rclpy.init()

@@ -25,7 +25,7 @@ def launch_like_command(repo_root, extra=()):
     params = os.path.join(repo_root, 'config', 'anytime_infer.yaml')
     # Reliable images: this checks that every frame the node receives ends in one outcome;
     # best-effort transport losses are measured apart (anytime-infer bench-node).
-    return node_command(params, ['-p', 'deadline_ms:=60.0', '-p', 'qos_depth:=50',
+    return node_command(params, ['-p', 'deadline_ms:=60.0', '-p', 'qos_depth:=1000',
                                  '-p', 'qos_reliability:=reliable', *extra] + REMAPS)
 
 
