@@ -139,7 +139,6 @@ class Executor:
         self._thread: Optional[threading.Thread] = None
         self.decision_s: Deque[float] = deque(maxlen=10000)   # recent, for statistics
         self.stage_s: Deque[float] = deque(maxlen=10000)
-        self.stage_runs = 0
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -299,7 +298,9 @@ class Executor:
                     self._finish(tid, now)
             run = [t for t in dec.run if t in self._tasks]
             idle = not run and not dec.drop and not dec.finish
-            wait = min((t.deadline for t in self._tasks.values()), default=now + 0.1) - now
+            if idle:
+                wait = min((t.deadline for t in self._tasks.values()),
+                           default=now + 0.1) - now
         if run:
             self._run_stage(run)
         elif idle:
@@ -337,7 +338,6 @@ class Executor:
                     if t in self._tasks:
                         self._drop(t, ERROR, now)
             return
-        self.stage_runs += 1
         self.stage_s.append(timer.seconds)
         self.times.observe(stage, len(tids), max(dispatch, timer.seconds))
         with self._lock:

@@ -179,6 +179,17 @@ class ImpreciseDP(Policy):
         rewards = [t.weight * u[depth] for depth in depths]
         return TaskOptions(depths, rewards, times, t.deadline)
 
+    def _cached_options(self, keys: List[tuple], tasks: List[Task]) -> List[TaskOptions]:
+        """Options of tasks, computed once per task state (``keys``) and cached."""
+        cache = self._opt_cache
+        out = []
+        for k, t in zip(keys, tasks):
+            o = cache.get(k)
+            if o is None:
+                o = cache[k] = self._options(t)
+            out.append(o)
+        return out
+
     def _key(self, t: Task) -> tuple:
         return (t.task_id, t.stages_done, t.deadline, t.weight, self.times.version)
 
@@ -223,13 +234,7 @@ class ImpreciseDP(Policy):
         if window and reserve >= window[-1].deadline:
             reserve = INF    # nothing after the window can constrain it
         wkeys = [self._key(t) for t in window]
-        cache = self._opt_cache
-        opts = []
-        for k, t in zip(wkeys, window):
-            o = cache.get(k)
-            if o is None:
-                o = cache[k] = self._options(t)
-            opts.append(o)
+        opts = self._cached_options(wkeys, window)
         rows = build_rows(opts, self.quantum, base=np.array([reserve]))
         self._win_keys = wkeys
         self._win_rows, self._win_reserve = rows, reserve
@@ -272,10 +277,9 @@ class ImpreciseDP(Policy):
             front, rest_all = chosen[0], chosen[1:]
             rest, rows, reserve = self._window(rest_all)
             chosen = [front] + rest
-            cache = self._opt_cache
             keys = [self._key(t) for t in chosen]
-            opts = [cache.get(k) or self._options(t) for k, t in zip(keys, chosen)]
-            # Keep only what is pending (bounded memory).
+            opts = self._cached_options(keys, chosen)
+            # Keep only what is planned now (bounded memory).
             self._opt_cache = dict(zip(keys, opts))
             picked = self._fast_full_depth(start, opts, reserve)
             if picked is None:
