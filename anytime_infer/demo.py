@@ -1,205 +1,21 @@
 """
-The camera player and the demo: labelled frames on camera topics, outcomes scored.
+The demo and the node benchmark: the real node as a separate process, frames through it.
 
-``CameraPlayer`` publishes frames of a bundled model's sample set (its test split) on
-several camera topics at a set rate, with header stamps and frame ids, and listens on
-``<camera>/detections``: every frame is matched to its one outcome by stamp, and accuracy,
-depth and latency are tallied. ``anytime-infer demo`` starts the real node as a separate
-process (as the launch file does), plays frames through it and prints a report.
+``anytime-infer demo`` starts the node (as the launch file does), plays a bundled model's
+sample frames through it on two cameras with the camera player
+(``anytime_infer.camera_player``) and prints a report; ``bench-node`` sends large frames
+at rising rates. The camera player's names stay importable from here.
 """
-from array import array
-from dataclasses import dataclass, field
 import os
 import subprocess
-import sys
 import time
-from typing import Dict, List, Optional
 
+from anytime_infer.camera_player import (export_samples, frame_message, load_samples,
+                                         node_command, play, SAMPLES, Tally)
 import numpy as np
 
-SAMPLES = 'samples.npz'
-
-
-def load_samples(model: str) -> Dict[str, np.ndarray]:
-    """Load the bundled sample frames of a model: images (N, H, W, C), labels, classes."""
-    from anytime_infer.model.store import resolve_model_dir
-    path = os.path.join(resolve_model_dir(model), SAMPLES)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'{path} missing (anytime-infer export-samples makes it)')
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def export_samples(model: str, count: int = 500, seed: int = 0) -> str:
-    """Write ``count`` frames of the model's test split into its folder (for the demo)."""
-    from anytime_infer.model.data import load_dataset
-    from anytime_infer.model.store import load_model, resolve_model_dir
-    folder = resolve_model_dir(model)
-    _, card = load_model(folder)
-    data = load_dataset(card['name'], seed=card['training']['seed'],
-                        images=card.get('data', {}).get('images'))
-    split = np.load(os.path.join(folder, 'split.npz'))
-    test = split['test']
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(test, size=min(count, len(test)), replace=False))
-    path = os.path.join(folder, SAMPLES)
-    np.savez_compressed(path, images=data.images[pick], labels=data.labels[pick],
-                        sample_ids=pick, classes=np.array(card['classes']))
-    return path
-
-
-def frame_message(img: np.ndarray, stamp_ns: int, frame_id: str, size: int = 0):
-    """Make an rgb8 sensor_msgs/Image of a sample (grey is replicated to 3 channels)."""
-    import cv2
-    from sensor_msgs.msg import Image
-    if size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        img = img[..., None] if img.ndim == 2 else img
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    msg = Image(height=img.shape[0], width=img.shape[1], encoding='rgb8', is_bigendian=0,
-                step=img.shape[1] * 3)
-    msg.header.frame_id = frame_id
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.data = array('B', np.ascontiguousarray(img).tobytes())
-    return msg
-
-
-@dataclass
-class Tally:
-    """Outcomes matched to published frames."""
-
-    sent: Dict[tuple, int] = field(default_factory=dict)      # (topic, stamp) -> label
-    outcomes: Dict[tuple, object] = field(default_factory=dict)
-    duplicates: int = 0
-    unknown: int = 0
-    frame_id_mismatch: int = 0
-
-    def add(self, key: tuple, msg, frame_id: str) -> None:
-        """Record one DetectionArray."""
-        if key not in self.sent:
-            self.unknown += 1
-        elif key in self.outcomes:
-            self.duplicates += 1
-        else:
-            self.outcomes[key] = msg
-            if msg.header.frame_id != frame_id:
-                self.frame_id_mismatch += 1
-
-    def summary(self) -> Dict:
-        """Return counts, accuracy over all sent frames, mean depth, latency percentiles."""
-        from anytime_infer.msg import DetectionArray
-        outs = list(self.outcomes.values())
-        by = {DetectionArray.ON_TIME: 0, DetectionArray.LATE: 0, DetectionArray.DROPPED: 0}
-        reasons: Dict[str, int] = {}
-        correct, depths, lat = 0, [], []
-        for key, m in self.outcomes.items():
-            by[m.outcome] = by.get(m.outcome, 0) + 1
-            if m.outcome == DetectionArray.DROPPED:
-                reasons[m.reason] = reasons.get(m.reason, 0) + 1
-                continue
-            lat.append(m.latency.sec * 1e3 + m.latency.nanosec * 1e-6)
-            if m.detections:
-                depths.append(m.detections[0].depth_reached)
-                if m.outcome == DetectionArray.ON_TIME and \
-                        m.detections[0].class_id == self.sent[key]:
-                    correct += 1
-        n = len(self.sent)
-        return {
-            'sent': n, 'answered': len(outs), 'missing': n - len(outs),
-            'on_time': by[DetectionArray.ON_TIME], 'late': by[DetectionArray.LATE],
-            'dropped': by[DetectionArray.DROPPED], 'drops_by_reason': reasons,
-            'duplicates': self.duplicates, 'unknown': self.unknown,
-            'frame_id_mismatch': self.frame_id_mismatch,
-            'accuracy': correct / n if n else 0.0,
-            'mean_depth': float(np.mean(depths)) if depths else 0.0,
-            'depths': [int(x) for x in np.bincount(depths)] if depths else [],
-            'latency_ms_p50': float(np.percentile(lat, 50)) if lat else None,
-            'latency_ms_p99': float(np.percentile(lat, 99)) if lat else None,
-        }
-
-
-def play(node, topics: List[str], samples: Dict[str, np.ndarray], rate_hz: float,
-         frames: int, size: int = 0, settle_s: float = 3.0, progress=None,
-         warmup_s: float = 20.0, reliable_images: bool = False) -> Tally:
-    """
-    Publish ``frames`` frames per camera at ``rate_hz`` and collect the outcomes.
-
-    Waits (up to ``warmup_s``) until every detections topic has a publisher, so that no
-    frame is sent before the node listens, then plays, then waits ``settle_s`` for the
-    last outcomes.
-    """
-    from anytime_infer.msg import DetectionArray
-    from anytime_infer.node.anytime_infer_node import camera_name
-    from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    tally = Tally()
-    # Deep queues: at hundreds of frames per second a reliable KEEP_LAST writer whose
-    # reader falls behind overwrites what was not acknowledged yet.
-    reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-    image_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE) \
-        if reliable_images else qos_profile_sensor_data
-    pubs = [node.create_publisher(Image, t, image_qos) for t in topics]
-    frame_ids = [camera_name(t).strip('/').replace('/', '_') + '_optical' for t in topics]
-    subs = []
-    for t, fid in zip(topics, frame_ids):
-        subs.append(node.create_subscription(
-            DetectionArray, camera_name(t) + '/detections',
-            lambda m, t=t, fid=fid: tally.add(
-                (t, m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec), m, fid),
-            reliable))
-    try:
-        return _play(node, pubs, topics, frame_ids, tally, samples, rate_hz, frames, size,
-                     settle_s, progress, warmup_s)
-    finally:   # a node that plays again must not feed old tallies
-        for sub in subs:
-            node.destroy_subscription(sub)
-        for pub in pubs:
-            node.destroy_publisher(pub)
-
-
-def _play(node, pubs, topics, frame_ids, tally, samples, rate_hz, frames, size, settle_s,
-          progress, warmup_s) -> Tally:
-    import rclpy
-    end = time.monotonic() + warmup_s
-    while time.monotonic() < end and not all(p.get_subscription_count() for p in pubs):
-        rclpy.spin_once(node, timeout_sec=0.05)
-    if not all(p.get_subscription_count() for p in pubs):
-        raise RuntimeError('the node does not subscribe to ' + ', '.join(topics))
-    imgs, labels = samples['images'], samples['labels']
-    cache: Dict[tuple, object] = {}
-    period = 1.0 / rate_hz
-    start = time.monotonic()
-    k = 0
-    for i in range(frames):
-        due = start + i * period
-        while time.monotonic() < due:
-            rclpy.spin_once(node, timeout_sec=max(0.0, min(due - time.monotonic(), 0.01)))
-        for c, (pub, topic) in enumerate(zip(pubs, topics)):
-            j = (i * len(topics) + c) % len(imgs)
-            stamp = node.get_clock().now().nanoseconds
-            key = (j, c)
-            msg = cache.get(key)
-            if msg is None:   # large frames are built once, then only re-stamped
-                msg = cache[key] = frame_message(imgs[j], stamp, frame_ids[c], size)
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            pub.publish(msg)
-            tally.sent[(topic, stamp)] = int(labels[j])
-            k += 1
-        if progress and i % max(1, int(rate_hz)) == 0:
-            progress(tally)
-    end = time.monotonic() + settle_s
-    while time.monotonic() < end and len(tally.outcomes) < len(tally.sent):
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return tally
-
-
-def node_command(params: str, extra: Optional[List[str]] = None) -> List[str]:
-    """How the launch file starts the node: the executable with the params file."""
-    exe = os.path.join(os.path.dirname(sys.executable), 'anytime_infer_node')
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, '-m', 'anytime_infer.node']
-    return cmd + ['--ros-args', '--params-file', params] + (extra or [])
+__all__ = ['SAMPLES', 'Tally', 'bench_node', 'export_samples', 'frame_message',
+           'load_samples', 'node_command', 'play', 'run_demo']
 
 
 def run_demo(model: str = 'fashion_mnist', rate_hz: float = 30.0, seconds: float = 20.0,
