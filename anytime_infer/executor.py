@@ -173,6 +173,28 @@ class Executor:
         """Return the number of frames queued or in progress."""
         return len(self._inbox) + len(self._frames)
 
+    def set_policy(self, name: str, depth: Optional[int] = None) -> None:
+        """
+        Swap the policy between two decisions (tasks in flight carry over).
+
+        Raises ValueError for an unknown or simulation-only policy, and while running for
+        a switch between an anytime and a plain policy (the deadline watcher is started or
+        not at ``start``).
+        """
+        # The DP policies keep the batching of the one they replace (greedy never batches:
+        # then the executor's default, on).
+        batching = getattr(self.policy, 'batching', True) or self.policy.name == 'greedy'
+        new = make_policy(name, self.profile, depth=depth, times=self.times,
+                          batching=batching)
+        if new.simulation_only:
+            raise ValueError(f'policy {name!r} is for simulation only (it needs ground truth)')
+        with self._lock:
+            if self._running and new.anytime != self.policy.anytime:
+                raise ValueError(
+                    f'switching from {self.policy.name} to {name} changes whether results '
+                    'are published at their deadline: deactivate first')
+            self.policy = new
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker; publish what has a result, drop the rest as ``shutdown``."""
         with self._cond:
