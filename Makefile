@@ -32,7 +32,9 @@ $(VENV)/.stamp-editable: $(VENV)/.stamp-deps setup.py
 	touch $@
 
 # pip first, cmake second: `pip install -e` removes the egg-info the cmake install leaves.
-$(VENV)/.stamp-msgs: $(VENV)/.stamp-editable msg/*.msg CMakeLists.txt package.xml scripts/build_msgs.sh anytime_infer/__init__.py
+# It also lays .venv out as a ROS prefix (lib/anytime_infer, share/anytime_infer: launch, config).
+$(VENV)/.stamp-msgs: $(VENV)/.stamp-editable msg/*.msg CMakeLists.txt package.xml scripts/build_msgs.sh anytime_infer/__init__.py \
+    scripts/anytime_infer_node scripts/anytime-infer launch/*.py config/*.yaml
 	scripts/build_msgs.sh $(VENV)
 	touch $@
 

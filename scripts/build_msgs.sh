@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Build the package's messages (msg/*.msg) into the virtual environment given as $1.
+# Build the package's messages (msg/*.msg) into the virtual environment given as $1 and lay
+# it out as a ROS prefix for this package: the programs in lib/anytime_infer (their #! line
+# names the venv's python), the ament index marker, share/anytime_infer/{package.xml,
+# launch,config}; `AMENT_PREFIX_PATH=<venv>` then serves ros2 run / ros2 launch.
 #
 # The wheels' generated cmake files name the include directories of the machine that
 # built them; they are rewritten once to this interpreter's and numpy's. The Python
@@ -22,7 +25,7 @@ npinc=$("$py" -c 'import numpy; print(numpy.get_include())')
 build=$root/build/venv-msgs
 mkdir -p "$root/build"
 cmake -S "$root" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" -DINSTALL_PYTHON_SOURCES=OFF \
-  -DPython3_EXECUTABLE="$py" -DBUILD_TESTING=OFF -Wno-dev >"$build.log" 2>&1 \
+  -DPYTHON_SHEBANG="$py" -DPython3_EXECUTABLE="$py" -DBUILD_TESTING=OFF -Wno-dev >"$build.log" 2>&1 \
   || { tail -30 "$build.log"; exit 1; }
 cmake --build "$build" -j2 >>"$build.log" 2>&1 || { tail -30 "$build.log"; exit 1; }
 cmake --install "$build" >>"$build.log" 2>&1 || { tail -30 "$build.log"; exit 1; }
@@ -32,4 +35,8 @@ site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 cp "$root/anytime_infer/__init__.py" "$site/anytime_infer/__init__.py"
 "$py" -c 'import anytime_infer; from anytime_infer.msg import DetectionArray' \
   || { echo 'messages were built but do not import' >&2; exit 1; }
-echo "messages built into $venv"
+for f in lib/anytime_infer/anytime_infer_node share/anytime_infer/launch/anytime_infer.launch.py \
+    share/ament_index/resource_index/packages/anytime_infer; do
+  [ -e "$venv/$f" ] || { echo "the ROS prefix lacks $f" >&2; exit 1; }
+done
+echo "messages built into $venv, a ROS prefix for anytime_infer"
