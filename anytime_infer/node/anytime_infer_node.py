@@ -9,6 +9,8 @@ frames to the executor and publishes what comes back; every received frame ends 
 one counted outcome.
 """
 from collections import Counter, deque
+import dataclasses
+from dataclasses import replace
 import os
 import threading
 import time
@@ -18,7 +20,8 @@ from anytime_infer.executor import FrameJob, FrameOutcome
 from anytime_infer.msg import Detection, DetectionArray, SchedulerStatus
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
     to_model_input
-from anytime_infer.node.params import NodeConfig, SPECS, validate
+from anytime_infer.node.params import ACTIVATE, CONFIGURE, NodeConfig, normalized, RUN, \
+    SPEC, SPECS, validate, validate_config
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
@@ -28,9 +31,8 @@ from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-# Parameters that need a new configure to take effect.
-STATIC = {'model', 'device', 'policy', 'fixed_depth', 'camera_topics', 'max_queue',
-          'qos_reliability', 'qos_depth', 'percentile', 'torch_threads', 'roi_topics'}
+# Stage failures keep the executor's diagnostics at WARN this long after the last one.
+FAILURE_WARN_S = 10.0
 SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
             '/image')
 
@@ -55,6 +57,17 @@ def to_duration(seconds: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
+def _kv_value(v) -> str:
+    """Render a diagnostics value: floats to 4 significant digits, dicts as k=v pairs."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f'{v:.4g}'
+    if isinstance(v, dict):
+        return ' '.join(f'{k}={_kv_value(x)}' for k, x in sorted(v.items()))
+    return str(v)
+
+
 def _median(values) -> float:
     """Median of a (possibly empty) sequence of numbers."""
     vals = sorted(values)
@@ -69,8 +82,7 @@ class AnytimeInferNode(LifecycleNode):
         for spec in SPECS:
             self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
         self.cfg = self._read_config()
-        bad = [why for why in (validate(s.name, getattr(self.cfg, s.name)) for s in SPECS)
-               if why]
+        bad = validate_config(self.cfg)
         if bad:
             raise ValueError('invalid parameters: ' + '; '.join(bad))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -80,10 +92,15 @@ class AnytimeInferNode(LifecycleNode):
         self._pubs: Dict[str, object] = {}
         self._camera_of: Dict[str, str] = {}
         self._rois: Dict[int, deque] = {}     # camera -> recent (stamp, [x, y, w, h]...)
+        self._debug_pubs: Dict[str, object] = {}   # camera -> annotated image publisher
         self._status_pub = None
         self._diag_pub = None
         self._timer = None
+        self._active = False
         self._lock = threading.Lock()
+        self._pub_lock = threading.Lock()   # debug publishers: made / destroyed at run time
+        self._failures_seen: Dict[int, int] = {}   # stage -> failures at the last status
+        self._failures_at = -1e9                   # monotonic time failures last grew
         self.counts: Counter = Counter()
         self.depth_sum = 0
         self._warned: Dict[tuple, float] = {}
@@ -110,27 +127,85 @@ class AnytimeInferNode(LifecycleNode):
         return d
 
     def _read_config(self) -> NodeConfig:
-        values = {s.name: self.get_parameter(s.name).value for s in SPECS}
-        values['camera_topics'] = list(values['camera_topics'])
-        values['deadlines_ms'] = [float(v) for v in values['deadlines_ms']]
-        values['weights'] = [float(v) for v in values['weights']]
-        values['roi_topics'] = [str(v) for v in values['roi_topics']]
-        return NodeConfig(**values)
+        return NodeConfig(**{s.name: normalized(s.name, self.get_parameter(s.name).value)
+                             for s in SPECS})
+
+    def _refusal(self, name: str, old, new) -> str:
+        """Why a valid new value cannot be applied in the current lifecycle state ('' = can)."""
+        spec = SPEC[name]
+        if new == old or spec.applies == RUN:
+            return ''
+        if spec.applies == ACTIVATE and self._active:
+            return (f'{name} is used when the node subscribes, at activate: deactivate, set '
+                    'it, activate')
+        if spec.applies == CONFIGURE and self.executor_ is not None:
+            return (f'{name} takes effect at configure: deactivate and clean up the node, '
+                    'set it, configure')
+        if spec.applies not in (RUN, ACTIVATE, CONFIGURE):
+            return f'{name} is read once when the node starts'
+        return ''
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """
+        Validate and apply new values all together, between two frames, or refuse them all.
+
+        Runs in the node's executor thread, as the image callbacks do; the worker thread
+        reads the config through one reference, replaced at once (never half-updated).
+        """
+        old = self.cfg
+        new = replace(old, **{p.name: normalized(p.name, p.value) for p in params
+                              if p.name in SPEC})
         for p in params:
-            why = validate(p.name, p.value)
+            if p.name not in SPEC:
+                continue
+            why = validate(p.name, p.value, len(new.camera_topics)) or \
+                self._refusal(p.name, getattr(old, p.name), getattr(new, p.name))
             if why:
                 return SetParametersResult(successful=False, reason=why)
-            if p.name in STATIC and self.executor_ is not None:
-                return SetParametersResult(
-                    successful=False, reason=f'{p.name} takes effect at configure: '
-                    'deactivate and clean up the node first')
-        for p in params:
-            if hasattr(self.cfg, p.name):
-                v = p.value
-                setattr(self.cfg, p.name, list(v) if isinstance(v, (list, tuple)) else v)
+        bad = validate_config(new)    # e.g. fewer cameras than entries of weights
+        if bad:
+            return SetParametersResult(successful=False, reason='; '.join(bad))
+        why = self._apply_policy(old, new)
+        if why:
+            return SetParametersResult(successful=False, reason=why)
+        if self.executor_ is not None:
+            self.executor_.max_pending = new.max_queue
+        self.cfg = new
+        if new.debug_image != old.debug_image and self.executor_ is not None:
+            self._make_debug_pubs(new.debug_image)
+        if new.status_rate_hz != old.status_rate_hz and self._timer is not None:
+            self._start_status_timer()
         return SetParametersResult(successful=True)
+
+    def _apply_policy(self, old: NodeConfig, new: NodeConfig) -> str:
+        """Swap the executor's policy for a new policy or depth; return why not ('' = done)."""
+        ex = self.executor_
+        if ex is None or (new.policy, new.fixed_depth) == (old.policy, old.fixed_depth):
+            return ''
+        if new.policy == 'fixed_depth' and new.fixed_depth > ex.net.num_stages:
+            return (f'fixed_depth {new.fixed_depth} exceeds the {ex.net.num_stages} stages of '
+                    f'model {new.model}')
+        try:
+            ex.set_policy(new.policy, new.fixed_depth)
+        except ValueError as e:
+            return str(e)
+        return ''
+
+    def _make_debug_pubs(self, on: bool) -> None:
+        """Create (on) or destroy the annotated-image publishers of every camera."""
+        with self._pub_lock:
+            old, self._debug_pubs = self._debug_pubs, {}
+            for pub in old.values():
+                self.destroy_publisher(pub)
+            if on:
+                self._debug_pubs = {cam: self.create_publisher(
+                    Image, f'{cam}/detections/image', 2) for cam in self._pubs}
+
+    def _start_status_timer(self) -> None:
+        """(Re)create the status timer at the current status_rate_hz."""
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+        self._timer = self.create_timer(1.0 / self.cfg.status_rate_hz, self._publish_status)
 
     # -- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -162,9 +237,7 @@ class AnytimeInferNode(LifecycleNode):
             cam = camera_name(self.resolve_topic_name(topic))
             self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 1000)
             self._camera_of[topic] = cam
-            if self.cfg.debug_image:
-                self._pubs[cam + '#image'] = self.create_publisher(
-                    Image, f'{cam}/detections/image', 2)
+        self._make_debug_pubs(self.cfg.debug_image)
         self._status_pub = self.create_publisher(SchedulerStatus, '~/status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.get_logger().info(
@@ -192,15 +265,19 @@ class AnytimeInferNode(LifecycleNode):
                 self._rois[i] = deque(maxlen=64)
                 self._subs.append(self.create_subscription(
                     DetectionArray, rt, lambda m, i=i: self._on_rois(m, i), 10))
-        self._timer = self.create_timer(1.0 / self.cfg.status_rate_hz, self._publish_status)
+        self._start_status_timer()
+        self._active = True
         self.get_logger().info('active')
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Unsubscribe and stop the executor (pending frames end, counted)."""
+        self._active = False
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        with self._lock:
+            self._rois = {}
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
@@ -210,13 +287,32 @@ class AnytimeInferNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        """Free the model and the publishers."""
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
-        self._pubs = {}
+        """Free the model and every publisher made at configure."""
+        self._destroy_publishers()
         self.executor_ = None
         self.card = None
         return TransitionCallbackReturn.SUCCESS
+
+    def _destroy_publishers(self, ack_timeout_s: float = 1.0) -> None:
+        """
+        Destroy the publishers made at configure (a new configure makes them again).
+
+        Waits (bounded) until subscribers have acknowledged what was published, so that
+        the outcomes published while deactivating still reach them.
+        """
+        from rclpy.duration import Duration as RosDuration
+        pubs = list(self._pubs.values()) + [self._status_pub, self._diag_pub]
+        end = time.monotonic() + ack_timeout_s
+        for pub in pubs:
+            if pub is not None:
+                left = max(end - time.monotonic(), 0.0)
+                pub.wait_for_all_acked(RosDuration(nanoseconds=int(left * 1e9)))
+        self._make_debug_pubs(False)
+        for pub in pubs:
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._pubs, self._camera_of = {}, {}
+        self._status_pub = self._diag_pub = None
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         """Stop work cleanly on shutdown from any state."""
@@ -238,19 +334,20 @@ class AnytimeInferNode(LifecycleNode):
 
     def _on_image(self, msg, camera: int, topic: str, compressed: bool) -> None:
         t_conv = time.perf_counter()
+        cfg = self.cfg     # one frame, one config (a parameter change replaces the object)
         now = self._now()
         with self._lock:
             self.counts['received'] += 1
             self._arrivals.append(time.monotonic())
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        job = FrameJob(camera, now, now + self.cfg.deadline_s(camera), None, [],
-                       self.cfg.weight(camera), stamp, (msg.header, topic, None))
+        job = FrameJob(camera, now, now + cfg.deadline_s(camera), None, [],
+                       cfg.weight(camera), stamp, (msg.header, topic, None))
         try:
-            if abs(stamp - now) > self.cfg.stamp_tolerance_s:
+            if abs(stamp - now) > cfg.stamp_tolerance_s:
                 raise BadInput(f'header stamp {stamp:.3f} is {stamp - now:+.3f} s from the '
-                               f'node clock (tolerance {self.cfg.stamp_tolerance_s} s)')
+                               f'node clock (tolerance {cfg.stamp_tolerance_s} s)')
             arr, enc = (compressed_to_array if compressed else image_to_array)(
-                msg, self.cfg.max_image_pixels)
+                msg, cfg.max_image_pixels)
             pre = self.card['preprocess']
             job.rois = self._regions(camera, stamp, arr.shape[1], arr.shape[0])
             if not job.rois:   # regions configured, none for this frame: nothing to classify
@@ -259,7 +356,7 @@ class AnytimeInferNode(LifecycleNode):
             job.inputs = np.stack([
                 to_model_input(arr[y:y + h, x:x + w], enc, pre['height'], pre['width'],
                                pre['channels']) for x, y, w, h in job.rois])
-            if self.cfg.debug_image:
+            if cfg.debug_image:
                 job.meta = (msg.header, topic, (arr, enc))
         except BadInput as e:
             self._warn(topic, str(e))
@@ -269,8 +366,8 @@ class AnytimeInferNode(LifecycleNode):
             self._warn(topic, f'unexpected conversion error: {e}')
             self._on_outcome(FrameOutcome(job, 'dropped', 'bad_input', [], now))
             return
-        if self.cfg.deadline_from == 'stamp':
-            job.deadline = stamp + self.cfg.deadline_s(camera)
+        if cfg.deadline_from == 'stamp':
+            job.deadline = stamp + cfg.deadline_s(camera)
         self._conversion_s.append(time.perf_counter() - t_conv)
         self.executor_.submit(job)
 
@@ -332,10 +429,12 @@ class AnytimeInferNode(LifecycleNode):
         pub = self._pubs.get(cam)
         if pub is not None:
             pub.publish(msg)
-        if debug is not None and out.results and cam + '#image' in self._pubs:
+        if debug is not None and out.results:
             from anytime_infer.node.debug_image import annotate
-            self._pubs[cam + '#image'].publish(annotate(header, debug[0], debug[1],
-                                                        out.results))
+            with self._pub_lock:   # the publisher may be destroyed by a parameter change
+                dbg = self._debug_pubs.get(cam)
+                if dbg is not None:
+                    dbg.publish(annotate(header, debug[0], debug[1], out.results))
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> SchedulerStatus:
@@ -398,5 +497,46 @@ class AnytimeInferNode(LifecycleNode):
         ds.values += [KeyValue(key='dropped_' + r, value=str(n))
                       for r, n in zip(st.drop_reasons, st.drop_counts)]
         arr = DiagnosticArray(status=[ds])
+        health = self._health_status(st.device)
+        if health is not None:
+            arr.status.append(health)
         arr.header.stamp = st.header.stamp
         self._diag_pub.publish(arr)
+
+    def _health_status(self, hardware_id: str) -> Optional[DiagnosticStatus]:
+        """
+        Report the executor's health as a DiagnosticStatus (None where it has none).
+
+        WARN while the stages run slower than profiled beyond the executor's stall factor,
+        for ``FAILURE_WARN_S`` after a stage failed, and while a failing stage is disabled
+        (until a new configure); OK otherwise.
+        """
+        ex = self.executor_
+        health = getattr(ex, 'health', None) if ex is not None else None
+        if health is None:
+            return None
+        h = health()
+        fields = dataclasses.asdict(h) if dataclasses.is_dataclass(h) else dict(vars(h))
+        failures = {int(k): int(n) for k, n in (fields.get('stage_failures') or {}).items()}
+        now = time.monotonic()
+        if any(n > self._failures_seen.get(k, 0) for k, n in failures.items()):
+            self._failures_at = now
+        self._failures_seen = failures
+        why = []
+        if fields.get('stalled'):
+            why.append(f'stalled: stages {fields.get("slowdown", 0.0):.1f}x slower than '
+                       'profiled')
+        if now - self._failures_at < FAILURE_WARN_S:
+            why.append('stage failures in the last %g s' % FAILURE_WARN_S)
+        max_depth = int(fields.get('max_depth', ex.net.num_stages))
+        if max_depth < ex.net.num_stages:
+            why.append(f'stages past {max_depth} disabled after failures (configure again '
+                       'to retry them)')
+        message = '; '.join(why) or 'ok'
+        if fields.get('message'):
+            message += f' ({fields["message"]})'
+        ds = DiagnosticStatus(level=DiagnosticStatus.WARN if why else DiagnosticStatus.OK,
+                              name='anytime_infer: executor', hardware_id=hardware_id,
+                              message=message)
+        ds.values = [KeyValue(key=k, value=_kv_value(v)) for k, v in fields.items()]
+        return ds
