@@ -315,7 +315,7 @@ def _add_make_bag(sub) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from anytime_infer.replay import report_markdown, replay
     from tqdm import tqdm
-    bar = tqdm(desc='replay', unit='frame', disable=args.deterministic)
+    bar = tqdm(desc='replay', unit='frame')
 
     def progress(k, n):
         bar.total = n
@@ -328,8 +328,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if 'total' in reps[0]:
         print(report_markdown(reps))
     where = f'{args.out}/<policy>/' if args.compare else f'{args.out}/'
-    print(f'wrote {where}report.json, report.md, replay.png'
-          + ('' if args.deterministic else ', detections.mcap')
+    print(f'wrote {where}report.json, report.md, frames.csv.gz, replay.png, detections.mcap'
           + (f' and {args.out}/compare.md' if args.compare else ''))
     return status
 
@@ -337,9 +336,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _add_replay(sub) -> None:
     p = sub.add_parser('replay', help='play a bag through the node (or deterministically) '
                        'and score it', description='Image topics are found by type (or '
-                       '--topics); writes DIR/report.json, DIR/report.md, plots and, over '
-                       'DDS, DIR/detections.mcap. Exit status 2: unreadable bag; 3: the '
-                       'report is incomplete (a fault part-way).')
+                       '--topics); writes DIR/report.json, DIR/report.md, DIR/frames.csv.gz, '
+                       'plots and DIR/detections.mcap (what the node published, or with '
+                       '--deterministic what it would publish). Exit status 2: unreadable '
+                       'bag; 3: the report is incomplete (a fault part-way).')
     p.add_argument('bag')
     p.add_argument('--out', required=True, help='output folder')
     p.add_argument('--model', default='fashion_mnist')
@@ -352,6 +352,36 @@ def _add_replay(sub) -> None:
                    help='no DDS, no wall clock: stage times from the profile (seeded)')
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=_cmd_replay)
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from anytime_infer.soak import main, SoakConfig
+    duration = args.duration if args.duration is not None else 60.0 * args.minutes
+    return main(SoakConfig(cameras=args.cameras, load=args.load, duration_s=duration,
+                           interval_s=args.interval, out=args.out, model=args.model,
+                           qos=args.qos))
+
+
+def _add_soak(sub) -> None:
+    p = sub.add_parser('soak', help='drive the real node at an overload for minutes and '
+                       'sample its memory, descriptors, threads and counters',
+                       description='Starts anytime_infer_node with config/anytime_infer.yaml, '
+                       'derives the frame rate from the capacity the node measures (load / '
+                       'full-depth time), plays frames on --cameras topics for the chosen '
+                       'time, samples /proc/<pid> and ~/status every --interval seconds and '
+                       'writes OUT/soak.json, soak.md and soak.png; prints PASS/FAIL per '
+                       'target (exit status 1 when one fails).')
+    p.add_argument('--cameras', type=int, default=2)
+    p.add_argument('--load', type=float, default=3.0,
+                   help='frame rate as a multiple of the full-depth capacity')
+    p.add_argument('--minutes', type=float, default=10.0)
+    p.add_argument('--duration', type=float, help='seconds (instead of --minutes)')
+    p.add_argument('--interval', type=float, default=10.0, help='seconds between samples')
+    p.add_argument('--out', default='soak', help='output folder')
+    p.add_argument('--model', default='fashion_mnist')
+    p.add_argument('--qos', default='best_effort', choices=['best_effort', 'reliable'],
+                   help='image QoS of cameras and node (default: the shipped config)')
+    p.set_defaults(func=_cmd_soak)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
                           _add_bench, _add_bench_model, _add_bench_node, _add_demo,
-                          _add_export_samples, _add_make_bag, _add_replay]
+                          _add_export_samples, _add_make_bag, _add_replay, _add_soak]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
