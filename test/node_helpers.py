@@ -192,10 +192,10 @@ def thread_count(pid: int) -> int:
 
 
 def diag_status(arr, name: str):
-    """The DiagnosticStatus called ``name`` in a DiagnosticArray (or None)."""
+    """Return the DiagnosticStatus called ``name`` in a DiagnosticArray (or None)."""
     return next((s for s in arr.status if s.name == name), None)
 
 
 def kv(status) -> Dict[str, str]:
-    """A DiagnosticStatus's values as a dict."""
+    """Return the values of a DiagnosticStatus as a dict."""
     return {v.key: v.value for v in status.values}

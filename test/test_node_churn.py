@@ -44,7 +44,7 @@ def peer():
 
 
 def endpoint_counts(peer) -> dict:
-    """The node's endpoints on every topic it publishes or subscribes."""
+    """Count the node's endpoints on every topic it publishes or subscribes."""
     cams = [c[:-len('/image_raw')] for c in CAMERAS]
     return {
         'status': peer.endpoints(NODE + '/status', 'pub'),
