@@ -13,7 +13,7 @@ export HOME ?= /root
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup demo test test-fast lint models bench clean
+.PHONY: setup demo test test-fast lint models bench clean soak
 .DEFAULT_GOAL := setup
 
 setup: $(VENV)/.stamp-msgs $(FASHION_MNIST)
@@ -66,6 +66,10 @@ models: setup
 bench: setup
 	$(VENV)/bin/anytime-infer bench-model
 	$(VENV)/bin/anytime-infer bench --out bench
+
+# A benchmark, not part of `make test`: 2 cameras at 3x the node's capacity for 10 minutes.
+soak: setup
+	$(VENV)/bin/anytime-infer soak --out soak
 
 clean:
 	rm -rf build install log .pytest_cache

@@ -384,6 +384,36 @@ def _add_soak(sub) -> None:
     p.set_defaults(func=_cmd_soak)
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from anytime_infer.soak import main, SoakConfig
+    duration = args.duration if args.duration is not None else 60.0 * args.minutes
+    return main(SoakConfig(cameras=args.cameras, load=args.load, duration_s=duration,
+                           interval_s=args.interval, out=args.out, model=args.model,
+                           qos=args.qos))
+
+
+def _add_soak(sub) -> None:
+    p = sub.add_parser('soak', help='drive the real node at an overload for minutes and '
+                       'sample its memory, descriptors, threads and counters',
+                       description='Starts anytime_infer_node with config/anytime_infer.yaml, '
+                       'derives the frame rate from the capacity the node measures (load / '
+                       'full-depth time), plays frames on --cameras topics for the chosen '
+                       'time, samples /proc/<pid> and ~/status every --interval seconds and '
+                       'writes OUT/soak.json, soak.md and soak.png; prints PASS/FAIL per '
+                       'target (exit status 1 when one fails).')
+    p.add_argument('--cameras', type=int, default=2)
+    p.add_argument('--load', type=float, default=3.0,
+                   help='frame rate as a multiple of the full-depth capacity')
+    p.add_argument('--minutes', type=float, default=10.0)
+    p.add_argument('--duration', type=float, help='seconds (instead of --minutes)')
+    p.add_argument('--interval', type=float, default=10.0, help='seconds between samples')
+    p.add_argument('--out', default='soak', help='output folder')
+    p.add_argument('--model', default='fashion_mnist')
+    p.add_argument('--qos', default='best_effort', choices=['best_effort', 'reliable'],
+                   help='image QoS of cameras and node (default: the shipped config)')
+    p.set_defaults(func=_cmd_soak)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
