@@ -354,34 +354,56 @@ def _add_replay(sub) -> None:
     p.set_defaults(func=_cmd_replay)
 
 
-def _cmd_soak(args: argparse.Namespace) -> int:
-    from anytime_infer.soak import main, SoakConfig
-    duration = args.duration if args.duration is not None else 60.0 * args.minutes
-    return main(SoakConfig(cameras=args.cameras, load=args.load, duration_s=duration,
-                           interval_s=args.interval, out=args.out, model=args.model,
-                           qos=args.qos))
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from anytime_infer.replay.fleet import evaluate, FleetConfig
+    from anytime_infer.replay.fleet_report import summary_markdown
+    policies = args.compare.split(',') if args.compare else [args.policy]
+    cfg = FleetConfig(model=args.model, policies=policies, compare=bool(args.compare),
+                      deadline_ms=args.deadline_ms, seed=args.seed, rate=args.rate,
+                      deterministic=not args.dds,
+                      topics=args.topics.split(',') if args.topics else None,
+                      threads=args.threads)
+    workers = 0 if args.sequential else args.workers
+    status, summary, info = evaluate(args.bags, args.out, cfg, workers, args.address,
+                                     args.force, progress=not args.no_progress)
+    md = summary_markdown(summary)
+    print(md[:md.index('## Bags, worst first')].rstrip())
+    print(f'\n{info.engine}: {len(info.evaluated)} bags evaluated, {len(info.skipped)} '
+          f'skipped (done before), {len(info.failed)} failed, {info.wall_s:.1f} s; wrote '
+          f'{args.out}/summary.json, summary.md, fleet.png, run.json and one folder per bag')
+    return status
 
 
-def _add_soak(sub) -> None:
-    p = sub.add_parser('soak', help='drive the real node at an overload for minutes and '
-                       'sample its memory, descriptors, threads and counters',
-                       description='Starts anytime_infer_node with config/anytime_infer.yaml, '
-                       'derives the frame rate from the capacity the node measures (load / '
-                       'full-depth time), plays frames on --cameras topics for the chosen '
-                       'time, samples /proc/<pid> and ~/status every --interval seconds and '
-                       'writes OUT/soak.json, soak.md and soak.png; prints PASS/FAIL per '
-                       'target (exit status 1 when one fails).')
-    p.add_argument('--cameras', type=int, default=2)
-    p.add_argument('--load', type=float, default=3.0,
-                   help='frame rate as a multiple of the full-depth capacity')
-    p.add_argument('--minutes', type=float, default=10.0)
-    p.add_argument('--duration', type=float, help='seconds (instead of --minutes)')
-    p.add_argument('--interval', type=float, default=10.0, help='seconds between samples')
-    p.add_argument('--out', default='soak', help='output folder')
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser('evaluate', help='evaluate every bag under folders (Ray, '
+                       'deterministic) into per-bag reports and a fleet summary',
+                       description='Finds every rosbag2 bag under BAG_OR_FOLDER (bag '
+                       'folders with metadata.yaml and loose .mcap files), replays each as '
+                       '`replay --deterministic` does into DIR/<bag>/, one Ray task per bag, '
+                       'and writes DIR/summary.json, summary.md and fleet.png. Bags already '
+                       'done with the same settings are skipped (--force redoes them). Exit '
+                       'status 3 when any bag failed, 2 when no bag was found.')
+    p.add_argument('bags', nargs='+', metavar='BAG_OR_FOLDER')
+    p.add_argument('--out', required=True, help='output folder (DIR)')
     p.add_argument('--model', default='fashion_mnist')
-    p.add_argument('--qos', default='best_effort', choices=['best_effort', 'reliable'],
-                   help='image QoS of cameras and node (default: the shipped config)')
-    p.set_defaults(func=_cmd_soak)
+    p.add_argument('--policy', default='imprecise_dp')
+    p.add_argument('--compare', help='comma-separated policies, tabulated over the fleet')
+    p.add_argument('--deadline-ms', type=float, default=100.0)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    p.add_argument('--topics', help='comma-separated image topics (default: all by type)')
+    p.add_argument('--workers', type=int, default=None,
+                   help='local Ray workers (default: cores / --threads); 0: no Ray, '
+                   'one bag after the other in this process')
+    p.add_argument('--sequential', action='store_true', help='same as --workers 0')
+    p.add_argument('--threads', type=int, default=1, help='torch threads per bag task')
+    p.add_argument('--address', help='join this Ray cluster (e.g. HEAD:6379, or auto) '
+                   'instead of starting a local one')
+    p.add_argument('--force', action='store_true', help='redo bags already done')
+    p.add_argument('--dds', action='store_true',
+                   help='replay through the node over DDS instead (needs --sequential)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
@@ -428,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
                           _add_bench, _add_bench_model, _add_bench_node, _add_demo,
-                          _add_export_samples, _add_make_bag, _add_replay, _add_soak]
+                          _add_export_samples, _add_make_bag, _add_replay, _add_evaluate,
+                          _add_soak]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

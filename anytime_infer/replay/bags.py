@@ -74,7 +74,8 @@ def read_bag(path: str, topics: Optional[Sequence[str]] = None,
         reader = AnyReader([_bag_path(path)], default_typestore=project_typestore())
         reader.open()
     except Exception as e:  # noqa: B902 - rosbags raises many kinds for a bad file
-        raise BagError(f'{path}: not a readable rosbag2 bag ({e})') from None
+        why = ' '.join(str(e).split())   # one line (YAML errors span several)
+        raise BagError(f'{path}: not a readable rosbag2 bag ({why})') from None
     try:
         image_conns = [c for c in reader.connections if c.msgtype in IMAGE_TYPES and
                        (not topics or c.topic in topics)]
