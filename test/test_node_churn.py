@@ -97,8 +97,10 @@ def test_lifecycle_churn_under_traffic(peer):
     cam = Camera(peer)
     cam.start()
     try:
-        peer.spin(1.0)
-        base_threads = thread_count(pid)
+        base_threads = 0
+        for _ in range(10):            # the level: the most seen over 1 s (DDS and the
+            peer.spin(0.1)             # worker start short-lived threads)
+            base_threads = max(base_threads, thread_count(pid))
         flips = fulls = 0
         for k in range(FLIP + FULL):
             full = k % max(1, (FLIP + FULL) // max(FULL, 1)) == 0 and fulls < FULL
@@ -134,7 +136,7 @@ def test_lifecycle_churn_under_traffic(peer):
           f'threads {base_threads} -> {thread_count(pid)}')
     assert received > 0.3 * sent
     # No leaked threads or endpoints: counts back at their level.
-    assert peer.spin_until(lambda: thread_count(pid) == base_threads, 5.0), \
+    assert peer.spin_until(lambda: thread_count(pid) <= base_threads, 5.0), \
         (base_threads, thread_count(pid))
     assert all(v == 1 for v in endpoint_counts(peer).values()), endpoint_counts(peer)
     # It answers correctly afterwards.
