@@ -22,6 +22,7 @@ from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to
     to_model_input
 from anytime_infer.node.params import ACTIVATE, CONFIGURE, NodeConfig, normalized, RUN, \
     SPEC, SPECS, validate, validate_config
+from anytime_infer.node.vision import VisionOutputs
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
@@ -94,6 +95,7 @@ class AnytimeInferNode(LifecycleNode):
         self._rois: Dict[int, deque] = {}     # camera -> recent (stamp, [x, y, w, h]...)
         self._debug_pubs: Dict[str, object] = {}   # camera -> annotated image publisher
         self._status_pub = None
+        self._vision: Optional[VisionOutputs] = None   # vision_msgs outputs, where installed
         self._diag_pub = None
         self._timer = None
         self._active = False
@@ -238,6 +240,8 @@ class AnytimeInferNode(LifecycleNode):
             self._pubs[cam] = self.create_publisher(DetectionArray, f'{cam}/detections', 1000)
             self._camera_of[topic] = cam
         self._make_debug_pubs(self.cfg.debug_image)
+        self._vision = VisionOutputs.create(self, self.cfg.vision_msgs, list(self._pubs),
+                                            card['classes'])
         self._status_pub = self.create_publisher(SchedulerStatus, '~/status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.get_logger().info(
@@ -288,6 +292,9 @@ class AnytimeInferNode(LifecycleNode):
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         """Free the model and every publisher made at configure."""
+        if self._vision is not None:
+            self._vision.destroy()
+            self._vision = None
         self._destroy_publishers()
         self.executor_ = None
         self.card = None
@@ -429,6 +436,9 @@ class AnytimeInferNode(LifecycleNode):
         pub = self._pubs.get(cam)
         if pub is not None:
             pub.publish(msg)
+        vision = self._vision
+        if vision is not None:
+            vision.publish(cam, header, out.outcome != 'dropped', out.results)
         if debug is not None and out.results:
             from anytime_infer.node.debug_image import annotate
             with self._pub_lock:   # the publisher may be destroyed by a parameter change

@@ -74,6 +74,9 @@ SPECS = [
               'exact stamp of the frame and they are at most this much older (s)', 0.0, 60.0),
     ParamSpec('torch_threads', 1, 'CPU threads for torch (0 = torch default); one leaves the '
               'other cores to DDS and image conversion', 0, 256, applies=CONFIGURE),
+    ParamSpec('vision_msgs', True, 'also publish vision_msgs/Detection2DArray on '
+              '<camera>/detections_2d and LabelInfo on ~/label_info (where vision_msgs is '
+              'installed)', applies=CONFIGURE),
     ParamSpec('autostart', True, 'configure and activate at start (no lifecycle manager)',
               applies=START),
 ]
@@ -105,6 +108,7 @@ class NodeConfig:
     roi_topics: List[str] = field(default_factory=list)
     roi_max_age_s: float = 0.2
     torch_threads: int = 1
+    vision_msgs: bool = True
     autostart: bool = True
 
     def deadline_s(self, camera: int) -> float:
