@@ -1,0 +1,138 @@
+"""
+A transient stall of the node process, as a CPU quota makes it (issue 16.1, through the node).
+
+Two cameras, 56x56 ``mono8`` at 30 Hz, the shipped parameters (deadline 50 ms). Normal
+traffic, then 6 s of SIGSTOP 80 ms / SIGCONT 40 ms on the node's PID, then normal traffic
+again: the depth comes back to its pre-stall value within a few seconds (before the fix
+it stayed at 1.00 for good), and ``/diagnostics`` reports the executor WARN during the
+stall and OK after.
+"""
+from array import array
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from node_helpers import diag_status, kv, Peer, start_node, stop_node
+
+pytestmark = pytest.mark.slow
+EXECUTOR_STATUS = 'anytime_infer: executor'
+
+
+def _has_health() -> bool:
+    from anytime_infer.executor import Executor
+    return hasattr(Executor, 'health')
+
+
+def mono8_frames(samples, count: int = 32, size: int = 56):
+    """Frames as a grey camera sends them: 56x56 mono8."""
+    import cv2
+    from sensor_msgs.msg import Image
+    out = []
+    for img in samples['images'][:count]:
+        grey = cv2.resize(img[..., 0] if img.ndim == 3 else img, (size, size))
+        out.append(Image(height=size, width=size, encoding='mono8', step=size,
+                         data=array('B', np.ascontiguousarray(grey).tobytes())))
+    return out
+
+
+class Camera(threading.Thread):
+    """Both cameras at 30 Hz from a thread, stamped with the send time."""
+
+    def __init__(self, peer, frames) -> None:
+        super().__init__(daemon=True)
+        self.peer, self.frames = peer, frames
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        t, i = time.monotonic(), 0
+        while not self.stop.is_set():
+            for cam in (0, 1):
+                msg = self.frames[(2 * i + cam) % len(self.frames)]
+                stamp = self.peer.node.get_clock().now().nanoseconds
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+                self.peer.pubs[cam].publish(msg)
+            i += 1
+            t += 1 / 30
+            self.stop.wait(max(t - time.monotonic(), 0.0))
+
+
+def window(peer, t0: float, t1: float):
+    """Mean depth and on-time share of the frames sent between t0 and t1 (s, ROS clock)."""
+    from anytime_infer.msg import DetectionArray
+    outs = [m for (_, s), m in list(peer.answers.items()) if t0 * 1e9 <= s < t1 * 1e9]
+    answered = [m for m in outs if m.outcome != DetectionArray.DROPPED and m.detections]
+    depth = float(np.mean([m.detections[0].depth_reached for m in answered])) \
+        if answered else 0.0
+    on_time = sum(m.outcome == DetectionArray.ON_TIME for m in outs) / max(len(outs), 1)
+    return depth, on_time, len(outs)
+
+
+def executor_levels(peer, t0: float, t1: float):
+    """Levels of the executor's diagnostics stamped between t0 and t1 (s)."""
+    out = []
+    for arr in list(peer.diagnostics):
+        st = diag_status(arr, EXECUTOR_STATUS)
+        t = arr.header.stamp.sec + arr.header.stamp.nanosec * 1e-9
+        if st is not None and t0 <= t < t1:
+            out.append((t, st.level, st.message, kv(st)))
+    return out
+
+
+@pytest.mark.skipif(not _has_health(), reason='Executor.health() is not in yet (issue 16.1: '
+                    'the executor reports stalls); this test runs once it is')
+def test_stall_recovers_depth_and_is_reported():
+    from diagnostic_msgs.msg import DiagnosticStatus
+    import rclpy
+    rclpy.init()
+    node = rclpy.create_node('stall_tester')
+    proc = start_node()
+    try:
+        peer = Peer(node)
+        peer.wait_active()
+        cam = Camera(peer, mono8_frames(peer.samples))
+        now = lambda: node.get_clock().now().nanoseconds * 1e-9  # noqa: E731
+        cam.start()
+        try:
+            peer.spin(2.0)                           # warm-up
+            t_normal = now()
+            peer.spin(4.0)
+            t_stall = now()
+            end = time.monotonic() + 6.0
+            while time.monotonic() < end:            # 6 s at a third of the CPU time
+                os.kill(proc.pid, signal.SIGSTOP)
+                peer.spin(0.08)
+                os.kill(proc.pid, signal.SIGCONT)
+                peer.spin(0.04)
+            t_after = now()
+            peer.spin(8.0)
+            t_end = now()
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            cam.stop.set()
+            cam.join()
+        peer.spin(2.0)
+        before = window(peer, t_normal, t_stall)
+        during = window(peer, t_stall, t_after)
+        after = window(peer, t_after + 3.0, t_end)
+        print(f'depth / on-time share / frames: before {before}, during {during}, after '
+              f'{after}')
+        assert before[2] > 150 and after[2] > 150, (before, after)
+        assert after[0] >= before[0] - 0.3, f'depth {after[0]:.2f} after the stall, ' \
+            f'{before[0]:.2f} before'
+        assert after[1] >= before[1] - 0.05, (before, after)
+        levels = executor_levels(peer, t_stall, t_after + 2.0)
+        print('executor diagnostics during the stall:', levels)
+        assert any(lv == DiagnosticStatus.WARN for _, lv, _, _ in levels), \
+            'executor diagnostics never WARN during the stall'
+        after_levels = executor_levels(peer, t_after + 1.0, t_end + 5.0)
+        assert any(lv == DiagnosticStatus.OK for _, lv, _, _ in after_levels), \
+            f'never OK again after the stall: {after_levels}'
+        assert proc.poll() is None, 'the node died'
+    finally:
+        print(stop_node(proc)[-3000:])
+        node.destroy_node()
+        rclpy.shutdown()
