@@ -32,6 +32,10 @@ from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+# The scheduler's diagnostics WARN when more than this share of the frames received in the
+# last MISS_WINDOW_S seconds ended late or dropped.
+MISS_WINDOW_S = 10.0
+MISS_WARN_SHARE = 0.05
 # Stage failures keep the executor's diagnostics at WARN this long after the last one.
 FAILURE_WARN_S = 10.0
 SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
@@ -103,6 +107,7 @@ class AnytimeInferNode(LifecycleNode):
         self._pub_lock = threading.Lock()   # debug publishers: made / destroyed at run time
         self._failures_seen: Dict[int, int] = {}   # stage -> failures at the last status
         self._failures_at = -1e9                   # monotonic time failures last grew
+        self._missed_hist: deque = deque()         # (time, received, late + dropped)
         self.counts: Counter = Counter()
         self.depth_sum = 0
         self._warned: Dict[tuple, float] = {}
@@ -488,19 +493,29 @@ class AnytimeInferNode(LifecycleNode):
         if self._diag_pub is None:
             return
         ex = self.executor_
-        level = DiagnosticStatus.OK
-        if st.frames_received and (st.frames_late + st.frames_dropped) > \
-                0.05 * st.frames_received:
-            level = DiagnosticStatus.WARN
+        # WARN on what happened recently, not since start: a past overload must not keep
+        # the node in WARN for hours.
+        t = time.monotonic()
+        missed = st.frames_late + st.frames_dropped
+        self._missed_hist.append((t, st.frames_received, missed))
+        while len(self._missed_hist) > 1 and self._missed_hist[1][0] <= t - MISS_WINDOW_S:
+            self._missed_hist.popleft()
+        _, rec0, miss0 = self._missed_hist[0]
+        recent, recent_missed = st.frames_received - rec0, missed - miss0
+        level = DiagnosticStatus.WARN if recent_missed > MISS_WARN_SHARE * max(recent, 1) \
+            else DiagnosticStatus.OK
         ds = DiagnosticStatus(level=level, name='anytime_infer: scheduler',
                               hardware_id=st.device,
                               message=f'{st.frames_on_time}/{st.frames_received} on time, '
-                                      f'mean depth {st.mean_depth:.2f}')
+                                      f'mean depth {st.mean_depth:.2f}; {recent_missed}/'
+                                      f'{recent} late or dropped in the last '
+                                      f'{MISS_WINDOW_S:g} s')
         ds.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ('policy', st.policy), ('model', st.model), ('received', st.frames_received),
             ('on_time', st.frames_on_time), ('late', st.frames_late),
             ('dropped', st.frames_dropped), ('queue_length', st.queue_length),
             ('mean_depth', f'{st.mean_depth:.3f}'),
+            ('received_recent', recent), ('missed_recent', recent_missed),
             ('conversion_ms_p50', f'{1000 * _median(self._conversion_s):.3f}'),
             ('decision_ms_p50', f'{1000 * _median(ex.decision_s) if ex else 0.0:.3f}'),
             ('stage_ms_p50', f'{1000 * _median(ex.stage_s) if ex else 0.0:.3f}'))]
