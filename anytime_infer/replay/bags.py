@@ -142,8 +142,8 @@ def find_bags(paths: Sequence[str], exclude: Sequence[str] = ()) -> List[Tuple[s
 
     A bag folder (``metadata.yaml``) is one bag, a loose ``.mcap`` file another; folders
     are searched recursively (hidden ones and ``exclude``, e.g. the output folder, are
-    skipped), in sorted order. A path that is neither a bag nor a folder is returned as
-    it is, so that it fails as a bag, with its error.
+    skipped), sorted by relative path. A path that is neither a bag nor a folder is
+    returned as it is, so that it fails as a bag, with its error.
     """
     skip = {os.path.realpath(p) for p in exclude}
     found: List[Tuple[str, str]] = []
@@ -151,6 +151,7 @@ def find_bags(paths: Sequence[str], exclude: Sequence[str] = ()) -> List[Tuple[s
         if is_bag(root) or not os.path.isdir(root):
             found.append((root, os.path.basename(os.path.normpath(root))))
             continue
+        under: List[Tuple[str, str]] = []
         for here, dirs, files in os.walk(root):
             dirs.sort()
             keep = []
@@ -159,10 +160,11 @@ def find_bags(paths: Sequence[str], exclude: Sequence[str] = ()) -> List[Tuple[s
                 if d.startswith('.') or os.path.realpath(full) in skip:
                     continue
                 if is_bag(full):
-                    found.append((full, os.path.relpath(full, root)))
+                    under.append((full, os.path.relpath(full, root)))
                 else:
                     keep.append(d)
             dirs[:] = keep
-            found += [(os.path.join(here, f), os.path.relpath(os.path.join(here, f), root))
-                      for f in sorted(files) if f.endswith('.mcap') and not f.startswith('.')]
+            under += [(os.path.join(here, f), os.path.relpath(os.path.join(here, f), root))
+                      for f in files if f.endswith('.mcap') and not f.startswith('.')]
+        found += sorted(under, key=lambda x: x[1])
     return found
