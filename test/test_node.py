@@ -79,19 +79,127 @@ def test_light_load_every_frame_one_outcome_full_accuracy(ros, node_process):
     assert s['mean_depth'] > 3.5, s
 
 
-def test_overload_lowers_depth_and_keeps_misses_low(ros, node_process):
-    samples = load_samples('fashion_mnist')
-    light = play(ros, REMAPPED, samples, rate_hz=20.0, frames=40, size=56,
-                 reliable_images=True).summary()
-    heavy = play(ros, REMAPPED, samples, rate_hz=250.0, frames=1000, size=56,
-                 reliable_images=True).summary()
-    print('light', light)
-    print('heavy', heavy)
-    assert heavy['missing'] == 0 and heavy['duplicates'] == 0, heavy
-    assert heavy['on_time'] + heavy['late'] + heavy['dropped'] == heavy['sent']
-    assert heavy['mean_depth'] < light['mean_depth'] - 0.3, (light, heavy)
-    assert heavy['late'] <= 0.01 * heavy['sent'], heavy
-    assert heavy['accuracy'] > 0.5, heavy
+# Overload is made relative to this machine's measured speed, not by a fixed frame rate
+# (at a fixed 2 x 250 Hz a busy machine's Python camera could not overload the node): a
+# test-only slower copy of the bundled model (its input upscaled 3x: every conv costs ~9x)
+# whose stage times are measured here, a frame rate for LOAD x its full-depth capacity, and
+# a deadline that fits full depth at light load.
+SLOW_SCALE = 3
+LOAD = 3.0
+SLOW_CAMERAS = ['/slow/front/image_raw', '/slow/rear/image_raw']
+
+
+@pytest.fixture(scope='module')
+def slow_model(tmp_path_factory):
+    """Make a copy of fashion_mnist with a 3x input, its stage latencies measured now."""
+    import json
+    import shutil
+
+    import torch
+
+    from anytime_infer.model.calibrate import measure_latency
+    from anytime_infer.model.store import load_model, resolve_model_dir
+    src = resolve_model_dir('fashion_mnist')
+    folder = str(tmp_path_factory.mktemp('slow_model') / 'fashion_mnist_x3')
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns('trace*', 'split*'))
+    with open(os.path.join(folder, 'card.json')) as f:
+        card = json.load(f)
+    pre = card['preprocess']
+    pre['height'], pre['width'] = SLOW_SCALE * pre['height'], SLOW_SCALE * pre['width']
+    with open(os.path.join(folder, 'card.json'), 'w') as f:
+        json.dump(card, f)
+    with open(os.path.join(folder, 'profile.json')) as f:
+        profile = json.load(f)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # as the node runs (torch_threads: 1)
+    try:
+        net, _ = load_model(folder)
+        profile['latency'] = measure_latency(
+            net, (pre['channels'], pre['height'], pre['width']), torch.device('cpu'),
+            batches=(1, 2, 4), runs=15, warmup_s=0.3)
+    finally:
+        torch.set_num_threads(threads)
+    profile['threads'] = 1
+    with open(os.path.join(folder, 'profile.json'), 'w') as f:
+        json.dump(profile, f)
+    full_s = sum(st['1']['p50_ms'] for st in profile['latency']) / 1000.0
+    return folder, net, card, full_s
+
+
+def predictions_by_depth(net, card, frames):
+    """Return the class at every depth for frames converted exactly as the node does."""
+    import torch
+
+    from anytime_infer.model.data import Preprocess, to_tensor_batch
+    from anytime_infer.node.imageconv import image_to_array, to_model_input
+    pre = card['preprocess']
+    crops = []
+    for msg in frames:
+        arr, enc = image_to_array(msg, 1 << 30)
+        crops.append(to_model_input(arr, enc, pre['height'], pre['width'], pre['channels']))
+    x = to_tensor_batch(np.stack(crops), Preprocess(**pre))
+    out = []
+    with torch.inference_mode():
+        for k in range(1, net.num_stages + 1):
+            x, logits = net.run_stage(k, x)
+            out.append(logits.argmax(1).numpy())
+    return np.stack(out, axis=1)          # (frames, depth)
+
+
+def test_overload_lowers_depth_and_keeps_misses_low(ros, slow_model, repo_root):
+    from anytime_infer.msg import SchedulerStatus
+    folder, net, card, full_s = slow_model
+    rate = min(max(LOAD / (2 * full_s), 10.0), 150.0)    # per camera: LOAD x capacity
+    deadline_ms = max(60.0, 10000.0 * full_s)   # light load: full depth with room
+    status = []
+    # Its own node name and cameras: the module's node may be running beside it.
+    ros.create_subscription(SchedulerStatus, '/anytime_infer_slow/status', status.append, 100)
+    proc = subprocess.Popen(node_command(os.path.join(repo_root, 'config', 'anytime_infer.yaml'), [
+        '-p', f'model:={folder}', '-p', 'device:=cpu', '-p', f'deadline_ms:={deadline_ms}',
+        '-p', 'status_rate_hz:=4.0', '-p', 'max_queue:=1000', '-p', 'qos_depth:=1000',
+        '-p', 'qos_reliability:=reliable', '-r', '__node:=anytime_infer_slow',
+        '-r', 'camera_front/image_raw:=' + SLOW_CAMERAS[0],
+        '-r', 'camera_rear/image_raw:=' + SLOW_CAMERAS[1]]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        samples = load_samples('fashion_mnist')
+        light = play(ros, SLOW_CAMERAS, samples, rate_hz=4.0, frames=16, size=56, warmup_s=60.0,
+                     reliable_images=True)
+        n_light = len(status)
+        heavy = play(ros, SLOW_CAMERAS, samples, rate_hz=rate, frames=int(4.0 * rate), size=56,
+                     reliable_images=True)
+    finally:
+        proc.terminate()
+        log, _ = proc.communicate(timeout=30)
+    lsum, hsum = light.summary(), heavy.summary()
+    # The node's own figure: full-depth work demanded per second while the camera played.
+    load = max((s.estimated_load for s in status[n_light:]), default=0.0)
+    print(f'full depth {1000 * full_s:.1f} ms, {rate:.0f} Hz x 2, deadline '
+          f'{deadline_ms:.0f} ms, measured load {load:.2f}')
+    print('light', lsum)
+    print('heavy', hsum)
+    assert load >= 1.5, f'the camera did not overload the node (load {load:.2f})'
+    assert lsum['missing'] == 0 and lsum['mean_depth'] > 3.5, lsum
+    assert hsum['missing'] == 0 and hsum['duplicates'] == 0, hsum
+    assert hsum['on_time'] + hsum['late'] + hsum['dropped'] == hsum['sent']
+    assert hsum['mean_depth'] < lsum['mean_depth'] - 0.5, (lsum, hsum)
+    assert hsum['late'] <= 0.01 * hsum['sent'], hsum
+    # Every answer is what the model says at the depth reached (no mixed-up frames).
+    answers = sorted((topic, stamp, m) for (topic, stamp), m in heavy.outcomes.items()
+                     if m.detections)
+    index = {t: sorted(s for tt, s in heavy.sent if tt == t) for t in SLOW_CAMERAS}
+    frames, depths, classes = [], [], []
+    for topic, stamp, m in answers:
+        c = SLOW_CAMERAS.index(topic)
+        i = index[topic].index(stamp)
+        frames.append(frame_message(samples['images'][(i * 2 + c) % len(samples['images'])],
+                                    0, 'x', 56))
+        depths.append(m.detections[0].depth_reached)
+        classes.append(m.detections[0].class_id)
+    pred = predictions_by_depth(net, card, frames)
+    agree = np.mean([pred[j, d - 1] == cls for j, (d, cls) in enumerate(zip(depths, classes))])
+    assert agree >= 0.97, f'only {agree:.3f} of the answers match the model at their depth'
+    assert proc.returncode in (0, -15), log[-2000:]
 
 
 def _bad_messages():
