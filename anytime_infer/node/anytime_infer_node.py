@@ -206,7 +206,7 @@ class AnytimeInferNode(LifecycleNode):
                 self.destroy_publisher(pub)
             if on:
                 self._debug_pubs = {cam: self.create_publisher(
-                    Image, f'{cam}/detections/image', 2) for cam in self._pubs}
+                    Image, f'{cam}/detections/image', 2) for cam in set(self._camera_of.values())}
 
     def _start_status_timer(self) -> None:
         """(Re)create the status timer at the current status_rate_hz."""
