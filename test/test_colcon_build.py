@@ -31,8 +31,12 @@ def test_colcon_build_installs_messages_python_node_launch_and_config(tmp_path, 
     for rel in ('msg/_detection_array.py', 'msg/_scheduler_status.py', 'scheduler',
                 'cli.py', 'bagtypes.py'):
         assert os.path.exists(os.path.join(site, rel)), rel
-    node = inst / 'lib' / 'anytime_infer' / 'anytime_infer_node'
-    assert node.exists() and os.access(node, os.X_OK)
+    for prog in ('anytime_infer_node', 'anytime-infer'):
+        path = inst / 'lib' / 'anytime_infer' / prog
+        assert path.exists() and os.access(path, os.X_OK), prog
+        with open(path) as f:   # a ROS install runs its own python3 (PYTHON_SHEBANG default)
+            assert f.readline().strip() == '#!/usr/bin/env python3', prog
+    assert (inst / 'share' / 'anytime_infer' / 'package.xml').exists()
     assert (inst / 'share' / 'anytime_infer' / 'launch' / 'anytime_infer.launch.py').exists()
     assert (inst / 'share' / 'anytime_infer' / 'config' / 'anytime_infer.yaml').exists()
     assert (inst / 'share' / 'anytime_infer' / 'msg' / 'DetectionArray.msg').exists()
@@ -47,3 +51,9 @@ def test_colcon_build_installs_messages_python_node_launch_and_config(tmp_path, 
         capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr[-2000:]
     assert str(ws) in check.stdout.splitlines()[0]
+    # The installed command runs from the install space's sources.
+    cli = subprocess.run([sys.executable, str(inst / 'lib' / 'anytime_infer' / 'anytime-infer'),
+                          '--help'], cwd=str(tmp_path), capture_output=True, text=True,
+                         env=dict(env, PYTHONPATH=os.path.dirname(site), PYTHONNOUSERSITE='1'),
+                         timeout=120)
+    assert cli.returncode == 0 and 'usage: anytime-infer' in cli.stdout, cli.stderr[-2000:]
