@@ -38,6 +38,52 @@ def test_deterministic_replay_is_byte_identical_and_complete(bag, tmp_path):
     assert os.path.exists(os.path.join(a, 'replay.png'))
 
 
+def test_deterministic_replay_writes_the_detections_the_node_would_publish(bag, tmp_path):
+    from anytime_infer.replay import read_bag
+    from anytime_infer.replay.detections import read_detections
+    from anytime_infer.replay.reports import read_frames
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    # At 8x the bag's pace with a 20 ms deadline, latest_full finishes some frames late.
+    args = ['--deterministic', '--seed', '5', '--deadline-ms', '20', '--rate', '8',
+            '--policy', 'latest_full']
+    assert main(['replay', bag, '--out', a] + args) == 0
+    assert main(['replay', bag, '--out', b] + args) == 0
+    for name in ('detections.mcap', 'frames.csv.gz', 'report.json',
+                 os.path.join('detections', 'metadata.yaml')):
+        with open(os.path.join(a, name), 'rb') as fa, open(os.path.join(b, name), 'rb') as fb:
+            assert fa.read() == fb.read(), name
+    from anytime_infer.model.store import load_model, resolve_model_dir
+    classes = load_model(resolve_model_dir('fashion_mnist'))[1]['classes']
+    frames = read_bag(bag).frames
+    dets = read_detections(os.path.join(a, 'detections.mcap'))
+    rows = read_frames(os.path.join(a, 'frames.csv.gz'))
+    rep = _report(a)
+    assert len(dets) == len(frames) == len(rows) == 60
+    by_stamp = {(topic, m.header.stamp.sec * 10**9 + m.header.stamp.nanosec): (t, m)
+                for topic, t, m in dets}
+    outcomes = {0: 'on_time', 1: 'late', 2: 'dropped'}
+    for f, row in zip(frames, rows):
+        t_pub, m = by_stamp[(f.topic.replace('/image_raw', '/detections'), f.stamp_ns)]
+        assert m.header.frame_id == f.frame_id and outcomes[m.outcome] == row['outcome']
+        deadline = m.deadline.sec * 10**9 + m.deadline.nanosec
+        latency = m.latency.sec * 10**9 + m.latency.nanosec
+        assert deadline == f.time_ns + 20_000_000         # on the bag's clock
+        assert t_pub == f.time_ns + latency
+        if row['outcome'] == 'dropped':
+            assert not m.detections
+            continue
+        assert abs(latency / 1e6 - row['latency_ms']) < 1e-5
+        assert (row['outcome'] == 'late') == (latency > 20_000_000)
+        d, = m.detections
+        assert d.depth_reached == row['depth'] and d.num_stages == 4
+        assert 0.0 < d.confidence <= 1.0 and d.expected_accuracy == d.confidence
+        assert d.label == classes[d.class_id]
+        assert (d.roi.width, d.roi.height) == (f.msg.width, f.msg.height)
+        assert row['correct'] == (row['outcome'] == 'on_time' and d.label == f.label)
+    t = rep['total']
+    assert t['late'] > 0 and t['on_time'] > 0
+
+
 def test_sqlite3_compressed_bag_scores_like_the_raw_one(bag, tmp_path):
     comp = str(tmp_path / 'comp')
     assert main(['make-bag', '--out', comp, '--frames', '30', '--rate', '20',
