@@ -2,6 +2,74 @@
 import os
 import sys
 import tempfile
+from typing import Dict, List, Optional
+
+# Set in the environment of a process re-executed by isolate_venv_from_sourced_ros().
+ISOLATED = '_ANYTIME_INFER_VENV_ISOLATED'
+# ros_wheels_bootstrapper's guard: unset, it computes LD_LIBRARY_PATH again on re-exec.
+BOOTSTRAPPED = '_ROS_WHEELS_BOOTSTRAP_COMPLETE'
+
+
+def _inside(path: str, roots: List[str]) -> bool:
+    """Tell whether ``path`` lies in (or is) one of ``roots``."""
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r + os.sep) for r in roots)
+
+
+def venv_ros_environment(env: Dict[str, str], prefix: str) -> Optional[Dict[str, str]]:
+    """
+    Return ``env`` without a sourced ROS install's Python and library paths, or None.
+
+    The venv holds its own ROS (Kilted wheels). When a ROS install is sourced as well
+    (``AMENT_PREFIX_PATH=$PWD/.venv:$AMENT_PREFIX_PATH`` for ``ros2 launch``), its
+    ``PYTHONPATH`` entries come before the venv's site-packages and its ``LD_LIBRARY_PATH``
+    entries may come before the wheels' libraries: another rclpy, built for another
+    Python, or other librcl/rmw libraries would be loaded. Entries under a prefix of
+    ``AMENT_PREFIX_PATH`` / ``CMAKE_PREFIX_PATH`` other than the venv are dropped. None
+    when there is nothing to drop.
+    """
+    venv = os.path.realpath(prefix)
+    roots = {os.path.realpath(p) for var in ('AMENT_PREFIX_PATH', 'CMAKE_PREFIX_PATH')
+             for p in env.get(var, '').split(os.pathsep) if p}
+    foreign = [r for r in roots if r != venv and not _inside(r, [venv])]
+    if not foreign:
+        return None
+    out, changed = dict(env), False
+    for var in ('PYTHONPATH', 'LD_LIBRARY_PATH'):
+        parts = [p for p in env.get(var, '').split(os.pathsep) if p]
+        keep = [p for p in parts if not _inside(p, foreign)]
+        if keep != parts:
+            changed = True
+            if keep:
+                out[var] = os.pathsep.join(keep)
+            else:
+                out.pop(var, None)
+    if not changed:
+        return None
+    out.pop(BOOTSTRAPPED, None)
+    out[ISOLATED] = '1'
+    return out
+
+
+def isolate_venv_from_sourced_ros() -> None:
+    """
+    In a venv with its own rclpy, re-execute without a sourced ROS install's paths.
+
+    Does nothing outside a virtual environment or in one without its own rclpy (a ROS
+    install's python, or a venv over the system's ROS packages): there the sourced
+    install is the one to use.
+    """
+    if sys.prefix == sys.base_prefix or os.environ.get(ISOLATED):
+        return
+    site = os.path.join(sys.prefix, 'lib', f'python{sys.version_info[0]}.{sys.version_info[1]}',
+                        'site-packages')
+    if not os.path.isdir(os.path.join(site, 'rclpy')):
+        return
+    env = venv_ros_environment(dict(os.environ), sys.prefix)
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, env)
 
 
 def apply_ros_env_defaults() -> None:

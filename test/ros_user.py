@@ -4,12 +4,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 NODE = os.path.join(sys.prefix, 'lib', 'anytime_infer', 'anytime_infer_node')
 
 
-def start_node(ros_args: List[str], log_path: str) -> subprocess.Popen:
+def start_node(ros_args: List[str], log_path: str,
+               env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     """
     Start the prefix's node with ``--ros-args`` in a session of its own, as launch does.
 
@@ -19,7 +20,7 @@ def start_node(ros_args: List[str], log_path: str) -> subprocess.Popen:
     log = open(log_path, 'w')
     try:
         return subprocess.Popen([NODE, '--ros-args', *ros_args], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
     finally:
         log.close()
 

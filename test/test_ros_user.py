@@ -21,6 +21,40 @@ PREFIX = sys.prefix
 SIM_T = 1000.5          # /clock while frames are sent (s)
 
 
+def sourced_ros_install(root) -> dict:
+    """
+    Return the environment of a shell that sourced a ROS install and then the venv prefix.
+
+    The stand-in install at ``root`` has an ``rclpy`` (another Python's, as /opt/ros has)
+    on PYTHONPATH that refuses to import, and a library folder on LD_LIBRARY_PATH.
+    """
+    site = root / 'lib' / 'python3.12' / 'site-packages' / 'rclpy'
+    site.mkdir(parents=True)
+    (site / '__init__.py').write_text(
+        "raise ImportError('the sourced ROS install shadowed the venv rclpy')\n")
+    env = dict(os.environ)
+    env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)   # a fresh shell
+    env.update(PYTHONPATH=str(site.parent), LD_LIBRARY_PATH=str(root / 'lib'),
+               AMENT_PREFIX_PATH=os.pathsep.join([PREFIX, str(root)]),
+               CMAKE_PREFIX_PATH=str(root))
+    return env
+
+
+def test_venv_environment_drops_a_sourced_install_paths():
+    from anytime_infer.ros_env import BOOTSTRAPPED, venv_ros_environment
+    ros = '/opt/ros/jazzy'
+    env = {'AMENT_PREFIX_PATH': f'{PREFIX}:{ros}', 'PYTHONPATH':
+           f'{ros}/lib/python3.12/site-packages:/home/me/tools', 'LD_LIBRARY_PATH':
+           f'{ros}/opt/rviz_ogre_vendor/lib:{ros}/lib:/usr/local/cuda/lib64', BOOTSTRAPPED: '1'}
+    out = venv_ros_environment(env, PREFIX)
+    assert out['PYTHONPATH'] == '/home/me/tools'
+    assert out['LD_LIBRARY_PATH'] == '/usr/local/cuda/lib64'
+    assert BOOTSTRAPPED not in out and out['AMENT_PREFIX_PATH'] == env['AMENT_PREFIX_PATH']
+    assert venv_ros_environment({'AMENT_PREFIX_PATH': PREFIX, 'PYTHONPATH': '/x'},
+                                PREFIX) is None
+    assert venv_ros_environment({'AMENT_PREFIX_PATH': f'{PREFIX}:{ros}'}, PREFIX) is None
+
+
 def test_venv_is_a_ros_prefix_for_the_package(repo_root):
     for prog in ('anytime_infer_node', 'anytime-infer'):
         path = os.path.join(PREFIX, 'lib', 'anytime_infer', prog)
@@ -66,7 +100,11 @@ def ros():
 
 @pytest.mark.slow
 def test_prefix_node_under_namespace_remap_params_file_and_sim_time(ros, repo_root, tmp_path):
-    """`ros2 run anytime_infer anytime_infer_node --ros-args ...` as a ROS user types it."""
+    """
+    `ros2 run anytime_infer anytime_infer_node --ros-args ...` as a ROS user types it.
+
+    In a shell that sourced a ROS install and then put the venv first on AMENT_PREFIX_PATH.
+    """
     from anytime_infer.camera_player import frame_message
     from anytime_infer.msg import DetectionArray, SchedulerStatus
     from builtin_interfaces.msg import Time
@@ -100,7 +138,7 @@ def test_prefix_node_under_namespace_remap_params_file_and_sim_time(ros, repo_ro
     log = str(tmp_path / 'node.log')
     proc = start_node(['-r', '__ns:=/car', '-r', 'camera_front/image_raw:=/car/front/image_raw',
                        '--params-file', params, '-p', 'qos_reliability:=reliable',
-                       '-p', 'use_sim_time:=true'], log)
+                       '-p', 'use_sim_time:=true'], log, env=sourced_ros_install(tmp_path / 'ros'))
     try:
         # The status timer runs on sim time: a status at all shows /clock drives the node.
         assert spin_until(ros, lambda: bool(statuses) or proc.poll() is not None, 90), \

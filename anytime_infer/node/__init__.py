@@ -85,6 +85,8 @@ def stop_node(node, ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
 
 def main(args: Optional[List[str]] = None) -> int:
     """Run the anytime_infer node until SIGINT, SIGTERM or shutdown; 0 on a clean stop."""
+    from anytime_infer.ros_env import isolate_venv_from_sourced_ros
+    isolate_venv_from_sourced_ros()   # may re-execute this process: before anything else
     stop = StopRequest()
     own_handlers = install_stop_handlers(stop)   # before the slow imports and model load
     from anytime_infer.ros_env import apply_ros_env_defaults
