@@ -7,6 +7,13 @@ arrival and stage boundary the worker asks the policy what to do, runs the chose
 (batched when the plan says so), times it (CUDA events on a GPU, a monotonic clock on the
 CPU) to keep the latency estimates current, and hands every finished frame to a callback
 with exactly one outcome: on time, late, or dropped with a reason.
+
+Faults (see README, "Faults and stalls"): a stage run that raises (out of memory included)
+or gives a non-finite exit output is counted as a failure of that stage; each of its tasks
+answers from its deepest finite exit, or is dropped with reason ``error``. After
+``FAIL_LIMIT`` failing runs in a row of a stage, that stage and the ones after it are not
+run again by this executor (``health().max_depth``). Measured stage times above
+``STALL_FACTOR`` times the calibrated ones are reported as a stall (``health()``).
 """
 from collections import deque
 from dataclasses import dataclass, field
@@ -14,7 +21,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from anytime_infer.model.data import Preprocess, to_tensor_batch
 from anytime_infer.scheduler.policies import make_policy, Policy
@@ -25,6 +32,16 @@ import numpy as np
 import torch
 
 ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
+# A stage whose recent measured time (median of its last HEALTH_SAMPLES runs within
+# HEALTH_WINDOW_S) exceeds its calibrated median by this factor is reported as stalled.
+# A shared, busy CPU measures up to x3 (2 cores, load 5); thermal throttling (x10) and a CPU
+# quota are far above it.
+STALL_FACTOR = 5.0
+HEALTH_SAMPLES = 16
+HEALTH_WINDOW_S = 5.0
+# Failing runs in a row (raised, or any non-finite exit output) after which a stage, and
+# every stage after it, is no longer run by this executor (until a new one is configured).
+FAIL_LIMIT = 3
 log = logging.getLogger('anytime_infer.executor')
 
 
@@ -67,6 +84,36 @@ class FrameOutcome:
     published_at: float
 
 
+@dataclass
+class ExecutorHealth:
+    """
+    What the executor knows of its own state, for ``/diagnostics``.
+
+    ``slowdown``: the largest, over stages, of the recent measured stage time divided by
+    the profile's calibrated median (1.0 when nothing was measured recently);
+    ``stalled``: slowdown above ``STALL_FACTOR``; ``stage_failures``: per stage, the runs
+    that raised or gave a non-finite output; ``max_depth``: the deepest stage the executor
+    still runs (below ``num_stages`` once a stage was disabled); ``message``: '' when
+    healthy, else what is wrong. ``overhead_ms_p50`` and ``overhead_share``: see
+    ``Executor.stats``.
+    """
+
+    slowdown: float
+    stalled: bool
+    stage_failures: Dict[int, int]
+    max_depth: int
+    num_stages: int
+    message: str
+    stage_slowdown: Dict[int, float] = field(default_factory=dict)
+    overhead_ms_p50: float = 0.0
+    overhead_share: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Nothing to report."""
+        return not self.message
+
+
 def pick_device(requested: str = 'auto') -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if requested in ('', 'auto'):
@@ -77,11 +124,20 @@ def pick_device(requested: str = 'auto') -> torch.device:
     return dev
 
 
+def truncate_profile(profile: ModelProfile, depth: int) -> ModelProfile:
+    """Return the profile of the model's first ``depth`` stages (plans that stop there)."""
+    return ModelProfile(profile.name, depth, profile.latency[:depth],
+                        profile.exit_accuracy[:depth], profile.conf_edges[:depth],
+                        [per_k[:depth] for per_k in profile.cond_accuracy[:depth]],
+                        profile.device)
+
+
 class StageTimer:
     """Times one stage run: CUDA events on a GPU, perf_counter on the CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == 'cuda'
+        self.seconds = 0.0
 
     def __enter__(self) -> 'StageTimer':
         if self.cuda:
@@ -115,12 +171,17 @@ class Executor:
         self.classes = list(card['classes'])
         self.pre = Preprocess(**card['preprocess'])
         self.profile = profile
+        self.num_stages = profile.num_stages
         self.temps = torch.tensor(list(temperatures), dtype=torch.float32)
         self.times = StageTimes(profile, percentile=percentile)
+        self._batching = batching
+        self._plan_profile = profile          # truncated once a stage is disabled
+        self.max_depth = profile.num_stages   # the deepest stage still run
         self.policy: Policy = make_policy(policy, profile, depth=depth, times=self.times,
                                           batching=batching)
         if self.policy.simulation_only:
             raise ValueError(f'policy {policy!r} is for simulation only (it needs ground truth)')
+        self._policy_args: Tuple[str, Optional[int]] = (policy, depth)
         self.on_outcome = on_outcome
         self.max_pending = max_pending
         self.publish_margin = publish_margin
@@ -136,23 +197,41 @@ class Executor:
         self._ids = itertools.count()
         self._frame_ids = itertools.count()
         self._running = False
+        self._closed = True       # not taking tasks: before start and after stop
+        self._generation = 0      # a worker or watcher of an earlier start() ends itself
         self._thread: Optional[threading.Thread] = None
+        self._watcher: Optional[threading.Thread] = None
         self.decision_s: Deque[float] = deque(maxlen=10000)   # recent, for statistics
         self.stage_s: Deque[float] = deque(maxlen=10000)
+        # Health and overhead records (the worker writes, health()/stats() read).
+        self._health_lock = threading.Lock()
+        n = profile.num_stages
+        self._stage_ratio: Dict[int, Deque[Tuple[float, float]]] = {
+            k: deque(maxlen=HEALTH_SAMPLES) for k in range(1, n + 1)}
+        self._failures: Dict[int, int] = dict.fromkeys(range(1, n + 1), 0)
+        self._fail_streak: Dict[int, int] = dict.fromkeys(range(1, n + 1), 0)
+        self._last_failure: Dict[int, float] = {}
+        self._fail_logged: Dict[int, float] = {}
+        # Per busy worker cycle: (busy seconds, seconds inside the stage itself).
+        self._cycles: Deque[Tuple[float, float]] = deque(maxlen=4000)
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread."""
-        with self._cond:
-            if self._running:
-                return
-            self._running = True
-        self._thread = threading.Thread(target=self._loop, name='anytime_infer_worker',
-                                        daemon=True)
+        """Start the worker thread (and the deadline watcher of an anytime policy)."""
+        with self._lock:
+            with self._cond:
+                if self._running:
+                    return
+                self._running = True
+                self._closed = False
+                self._generation += 1
+                gen = self._generation
+        self._thread = threading.Thread(target=self._loop, args=(gen,),
+                                        name='anytime_infer_worker', daemon=True)
         self._thread.start()
-        self._watcher: Optional[threading.Thread] = None
+        self._watcher = None
         if self.policy.anytime:
-            self._watcher = threading.Thread(target=self._watch, daemon=True,
+            self._watcher = threading.Thread(target=self._watch, args=(gen,), daemon=True,
                                              name='anytime_infer_deadlines')
             self._watcher.start()
 
@@ -164,9 +243,9 @@ class Executor:
             if accept:
                 self._inbox.append(job)
                 self._cond.notify()
-        if not accept:
             reason = QUEUE_FULL if self._running else SHUTDOWN
-            self.on_outcome(FrameOutcome(job, DROPPED, reason, [], self.clock()))
+        if not accept:
+            self._emit(FrameOutcome(job, DROPPED, reason, [], self.clock()))
         return accept
 
     def pending(self) -> int:
@@ -181,11 +260,7 @@ class Executor:
         a switch between an anytime and a plain policy (the deadline watcher is started or
         not at ``start``).
         """
-        # The DP policies keep the batching of the one they replace (greedy never batches:
-        # then the executor's default, on).
-        batching = getattr(self.policy, 'batching', True) or self.policy.name == 'greedy'
-        new = make_policy(name, self.profile, depth=depth, times=self.times,
-                          batching=batching)
+        new = self._make_policy(name, depth)
         if new.simulation_only:
             raise ValueError(f'policy {name!r} is for simulation only (it needs ground truth)')
         with self._lock:
@@ -194,29 +269,33 @@ class Executor:
                     f'switching from {self.policy.name} to {name} changes whether results '
                     'are published at their deadline: deactivate first')
             self.policy = new
+            self._policy_args = (name, depth)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker; publish what has a result, drop the rest as ``shutdown``."""
-        with self._cond:
-            self._running = False
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if getattr(self, '_watcher', None) is not None:
-            self._watcher.join(timeout)
-            self._watcher = None
-        now = self.clock()
-        with self._cond:
-            inbox, self._inbox = self._inbox, []
-        for job in inbox:
-            self.on_outcome(FrameOutcome(job, DROPPED, SHUTDOWN, [], now))
-        with self._lock:
-            for tid, task in list(self._tasks.items()):
-                if task.stages_done >= 1:
-                    self._finish(tid, now)
-                else:
-                    self._drop(tid, SHUTDOWN, now)
+        """
+        Stop the worker; publish what has a result, drop the rest as ``shutdown``.
+
+        Never raises: every frame queued or in flight ends in exactly one outcome through
+        the callback, also when a KeyboardInterrupt (a second Ctrl-C) arrives meanwhile,
+        and a callback that fails is logged. The worker is waited for up to ``timeout``
+        seconds (a stage in progress finishes first); one still inside a stage then takes
+        no new work and its tasks end here.
+        """
+        interrupted = False
+        end = time.monotonic() + timeout
+        for phase in (self._signal_stop, lambda: self._join(end), self._flush_inbox,
+                      self._flush_tasks):
+            for _ in range(5):      # a phase that was interrupted is repeated (idempotent)
+                try:
+                    phase()
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+                except Exception:  # noqa: B902 - stop() must finish whatever went wrong
+                    log.exception('stopping the executor')
+                    break
+        if interrupted:
+            log.warning('interrupted while stopping; every pending frame was still answered')
 
     @torch.inference_mode()
     def warm_up(self, runs: int = 5) -> None:
@@ -229,21 +308,127 @@ class Executor:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
+    def stats(self) -> Dict[str, float]:
+        """
+        Return the worker's own overhead: its busy time not spent inside a stage.
+
+        A busy cycle of the worker is everything from taking new frames to the end of the
+        outcomes of the stage it ran: admitting frames, the decision, batching inputs,
+        the exit softmax and copy back, and the outcome callbacks (publishing); idle
+        waits are not counted. ``overhead_ms_p50``/``_p99``: per cycle that ran a stage,
+        busy time minus the stage's own time; ``overhead_share``: all overhead over all
+        busy time; both over the last 4000 cycles.
+        """
+        with self._health_lock:
+            cycles = list(self._cycles)
+        per_stage = [b - s for b, s in cycles if s > 0]
+        busy = sum(b for b, _ in cycles)
+        inside = sum(s for _, s in cycles)
+        dec = list(self.decision_s)[-4000:]
+        return {
+            'overhead_ms_p50': 1000 * float(np.median(per_stage)) if per_stage else 0.0,
+            'overhead_ms_p99': 1000 * float(np.percentile(per_stage, 99)) if per_stage
+            else 0.0,
+            'overhead_share': (busy - inside) / busy if busy > 0 else 0.0,
+            'decision_ms_p50': 1000 * float(np.median(dec)) if dec else 0.0,
+            'busy_cycles': float(len(cycles)),
+        }
+
+    def health(self) -> ExecutorHealth:
+        """Slowdown, stall, stage failures, the depth still run; see ``ExecutorHealth``."""
+        now = time.monotonic()
+        with self._health_lock:
+            per = {}
+            for k, q in self._stage_ratio.items():
+                fresh = [r for t, r in q if now - t <= HEALTH_WINDOW_S]
+                if fresh:
+                    per[k] = float(np.median(fresh))
+            failures = dict(self._failures)
+            recent_fail = sorted(k for k, t in self._last_failure.items()
+                                 if now - t <= HEALTH_WINDOW_S)
+        slowdown = max(per.values(), default=1.0)
+        stalled = slowdown > STALL_FACTOR
+        msgs = []
+        if stalled:
+            worst = max(per, key=per.get)
+            msgs.append(f'stall: stage {worst} takes {slowdown:.1f}x its calibrated time '
+                        f'(threshold {STALL_FACTOR:g}x)')
+        n, k = self.num_stages, self.max_depth
+        if k < n:
+            what = 'every stage' if k == 0 else f'stages {k + 1}..{n}'
+            msgs.append(f'{what} disabled after {FAIL_LIMIT} failing runs in a row (stage '
+                        f'{k + 1}); configure again to retry')
+        if recent_fail:
+            msgs.append('stage failures (raised or non-finite output): ' + ', '.join(
+                f'stage {s}: {failures[s]}' for s in recent_fail))
+        st = self.stats()
+        return ExecutorHealth(slowdown, stalled, failures, k, n, '; '.join(msgs), per,
+                              st['overhead_ms_p50'], st['overhead_share'])
+
+    # -- stopping -------------------------------------------------------------------------
+    def _signal_stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+
+    def _join(self, end: float) -> None:
+        """Wait for the worker and the watcher until ``end`` (short joins: interruptible)."""
+        for th in (self._thread, self._watcher):
+            while th is not None and th.is_alive() and time.monotonic() < end:
+                th.join(0.05)
+        if self._thread is not None and self._thread.is_alive():
+            log.warning('worker still inside a stage after the stop timeout; its tasks end '
+                        'now as shutdown')
+        self._thread = self._watcher = None
+
+    def _flush_inbox(self) -> None:
+        """Queued frames not yet taken by the worker end as ``shutdown``, one by one."""
+        while True:
+            with self._cond:
+                if not self._inbox:
+                    return
+                job = self._inbox.pop(0)
+            self._emit(FrameOutcome(job, DROPPED, SHUTDOWN, [], self.clock()))
+
+    def _flush_tasks(self) -> None:
+        """Tasks in flight: publish those with a result, drop the others as ``shutdown``."""
+        with self._lock:
+            self._closed = True       # a worker still in a stage admits nothing more
+            now = self.clock()
+            for tid, task in list(self._tasks.items()):
+                if tid not in self._tasks:
+                    continue
+                if task.stages_done >= 1 and tid in self._result:
+                    self._finish(tid, now)
+                else:
+                    self._drop(tid, SHUTDOWN, now)
+
     # -- worker ---------------------------------------------------------------------------
+    def _make_policy(self, name: str, depth: Optional[int]) -> Policy:
+        """Build a policy that plans on the stages still run (``max_depth``)."""
+        if depth is not None and self.max_depth >= 1:
+            depth = min(depth, self.max_depth)
+        return make_policy(name, self._plan_profile, depth=depth, times=self.times,
+                           batching=self._batching)
+
     def _admit(self, jobs: List[FrameJob]) -> None:
         for job in jobs:
+            if self._closed or self.max_depth == 0:
+                reason = SHUTDOWN if self._closed else ERROR
+                self._emit(FrameOutcome(job, DROPPED, reason, [], self.clock()))
+                continue
             try:
                 x = to_tensor_batch(job.inputs, self.pre).to(self.device, non_blocking=True)
             except Exception as e:  # noqa: B902 - a bad job ends as an error, not the worker
                 log.error('cannot prepare frame %d: %s', job.frame_id, e)
-                self.on_outcome(FrameOutcome(job, DROPPED, ERROR, [], self.clock()))
+                self._emit(FrameOutcome(job, DROPPED, ERROR, [], self.clock()))
                 continue
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
             tids = []
             for i in range(len(job.inputs)):
                 tid = next(self._ids)
                 self._tasks[tid] = Task(tid, job.stream, job.arrival, job.deadline,
-                                        self.net.num_stages, job.weight, stamp=job.stamp)
+                                        self.max_depth, job.weight, stamp=job.stamp)
                 self._state[tid] = x[i:i + 1]
                 self._task_frame[tid] = job.frame_id
                 tids.append(tid)
@@ -251,27 +436,85 @@ class Executor:
                                           'reasons': [], 'late': False, 'rois': rois,
                                           'tids': tids}
 
-    def _loop(self) -> None:
+    def _take_jobs(self, gen: int) -> Optional[List[FrameJob]]:
+        """Take the new frames (maybe none); wait a while when there is nothing to do."""
+        with self._cond:
+            if not self._running or gen != self._generation:
+                return None
+            if not self._inbox and not self._tasks:
+                self._cond.wait(0.1)
+                if not self._running or gen != self._generation:
+                    return None
+            jobs, self._inbox = self._inbox, []
+        return jobs
+
+    def _loop(self, gen: int) -> None:
+        """
+        One busy cycle per stage boundary: admit, decide, run the stage, its outcomes.
+
+        The phases are apart so that a planner may later run beside the stage: only
+        ``_decide`` plans, only ``_run_stage`` touches the device.
+        """
         while True:
-            with self._cond:
-                if not self._running:
-                    return
-                if not self._inbox and not self._tasks:
-                    self._cond.wait(0.1)
-                jobs, self._inbox = self._inbox, []
-            if jobs:
-                with self._lock:
-                    self._admit(jobs)
-            if not self._tasks:
-                continue
+            jobs = self._take_jobs(gen)
+            if jobs is None:
+                return
+            t0 = time.perf_counter()
+            inside, wait = 0.0, None
+            worked = bool(jobs or self._tasks)
             try:
-                self._step()
+                if jobs:
+                    with self._lock:
+                        self._admit(jobs)
+                if self._tasks:
+                    run, wait = self._decide()
+                    if run:
+                        inside = self._run_stage(run)
             except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
                 log.exception('scheduler step failed; dropping the tasks in flight')
                 with self._lock:
                     now = self.clock()
                     for tid in list(self._tasks):
                         self._drop(tid, ERROR, now)
+            if worked:
+                with self._health_lock:
+                    self._cycles.append((time.perf_counter() - t0, inside))
+            if wait is not None:
+                self._idle(wait)
+
+    def _decide(self) -> Tuple[List[int], Optional[float]]:
+        """
+        Age the estimates, publish what is due, ask the policy; apply drops and finishes.
+
+        Returns the tasks to run now (one batch), and when there are none and nothing
+        else was done, how long to idle (s) before deciding again.
+        """
+        with self._lock:
+            self.times.age(time.monotonic())
+            now = self.clock()
+            if self.policy.anytime:
+                self._publish_due(now)
+            t0 = time.perf_counter()
+            dec = self.policy.decide(now, list(self._tasks.values()))
+            self.decision_s.append(time.perf_counter() - t0)
+            now = self.clock()
+            for tid, reason in dec.drop:
+                if tid in self._tasks:
+                    self._drop(tid, reason, now)
+            for tid in dec.finish:
+                if tid in self._tasks:
+                    self._finish(tid, now)
+            run = [t for t in dec.run if t in self._tasks]
+            if run or dec.drop or dec.finish:
+                return run, None
+            # Idle until the next arrival or the earliest deadline.
+            return [], min((t.deadline for t in self._tasks.values()),
+                           default=now + 0.1) - now
+
+    def _idle(self, wait: float) -> None:
+        with self._cond:
+            if not self._inbox and self._running:
+                self._cond.wait(min(max(wait, 0.0005), 0.1))
 
     def _publish_due(self, now: float) -> float:
         """
@@ -291,81 +534,69 @@ class Executor:
                     nxt = due
         return nxt
 
-    def _watch(self) -> None:
+    def _watch(self, gen: int) -> None:
         """
         Publish results when they fall due, whatever stage is running (the anytime promise).
 
         Without this watcher a result would go out only after the running stage ends.
         """
-        while self._running:
+        while self._running and gen == self._generation:
             with self._lock:
                 now = self.clock()
                 nxt = self._publish_due(now)
             time.sleep(min(max(nxt - now, 0.0002), 0.005))
 
-    def _step(self) -> None:
-        with self._lock:
-            now = self.clock()
-            if self.policy.anytime:
-                self._publish_due(now)
-            t0 = time.perf_counter()
-            dec = self.policy.decide(now, list(self._tasks.values()))
-            self.decision_s.append(time.perf_counter() - t0)
-            now = self.clock()
-            for tid, reason in dec.drop:
-                if tid in self._tasks:
-                    self._drop(tid, reason, now)
-            for tid in dec.finish:
-                if tid in self._tasks:
-                    self._finish(tid, now)
-            run = [t for t in dec.run if t in self._tasks]
-            idle = not run and not dec.drop and not dec.finish
-            if idle:
-                wait = min((t.deadline for t in self._tasks.values()),
-                           default=now + 0.1) - now
-        if run:
-            self._run_stage(run)
-        elif idle:
-            # Idle until the next arrival or the earliest deadline.
-            with self._cond:
-                if not self._inbox and self._running:
-                    self._cond.wait(min(max(wait, 0.0005), 0.1))
-
     @torch.inference_mode()
-    def _run_stage(self, tids: List[int]) -> None:
+    def _run_stage(self, tids: List[int]) -> float:
+        """Run one stage on a batch of tasks; return the seconds spent inside the stage."""
         with self._lock:
             tids = [t for t in tids if t in self._tasks]   # the watcher may have published
             if not tids:
-                return
+                return 0.0
             stage = self._tasks[tids[0]].stages_done + 1
+            if stage > self.max_depth:      # disabled since the decision
+                now = self.clock()
+                for t in tids:
+                    self._end_failed(t, now)
+                return 0.0
             shape = self._state[tids[0]].shape
             tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
             inputs = [self._state[t] for t in tids]
         t0 = time.perf_counter()
+        timer = StageTimer(self.device)
         try:
             x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
-            with StageTimer(self.device) as timer:
+            with timer:
                 state, logits = self.net.run_stage(stage, x)
             probs = torch.softmax(logits.float() / self.temps[stage - 1].to(logits.device), 1)
             conf, pred = probs.max(dim=1)
-            conf, pred = conf.cpu().numpy(), pred.cpu().numpy()
+            finite = torch.isfinite(logits).all(dim=1) & torch.isfinite(conf)
+            conf, pred, finite = conf.cpu().numpy(), pred.cpu().numpy(), finite.cpu().numpy()
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
             dispatch = time.perf_counter() - t0
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
-            log.error('stage %d failed on %d task(s): %s', stage, len(tids), e)
+            if isinstance(e, torch.cuda.OutOfMemoryError) and self.device.type == 'cuda':
+                torch.cuda.empty_cache()
+            self._stage_ran(stage, len(tids), timer.seconds, failed=True, error=e)
             with self._lock:
                 now = self.clock()
                 for t in tids:
                     if t in self._tasks:
-                        self._drop(t, ERROR, now)
-            return
+                        self._end_failed(t, now)
+            return timer.seconds or (time.perf_counter() - t0)
         self.stage_s.append(timer.seconds)
-        self.times.observe(stage, len(tids), max(dispatch, timer.seconds))
+        self.times.observe(stage, len(tids), max(dispatch, timer.seconds), time.monotonic())
+        bad = int(len(finite) - finite.sum())
+        self._stage_ran(stage, len(tids), timer.seconds, failed=bad > 0,
+                        error=f'non-finite output for {bad} of {len(tids)} input(s)')
         with self._lock:
             for i, tid in enumerate(tids):
                 task = self._tasks.get(tid)
                 if task is None:      # published at its deadline while the stage ran
+                    continue
+                if not finite[i]:     # never published: answer from the exit before
+                    self._end_failed(tid, self.clock())
                     continue
                 task.stages_done = stage
                 task.confidences.append(float(conf[i]))
@@ -378,6 +609,60 @@ class Executor:
                 now = self.clock()
                 if task.complete or now >= task.deadline - self.publish_margin:
                     self._finish(tid, now)     # done, or due: publish what it has now
+        return timer.seconds
+
+    # -- faults ---------------------------------------------------------------------------
+    def _stage_ran(self, stage: int, batch: int, seconds: float, failed: bool,
+                   error: Any) -> None:
+        """Record a stage run for health: its slowdown, and whether it failed."""
+        mono = time.monotonic()
+        disable = False
+        with self._health_lock:
+            if seconds > 0:
+                self._stage_ratio[stage].append(
+                    (mono, seconds / self.times.calibrated(stage, batch)[0]))
+            if not failed:
+                self._fail_streak[stage] = 0
+                return
+            self._failures[stage] += 1
+            self._fail_streak[stage] += 1
+            self._last_failure[stage] = mono
+            disable = self._fail_streak[stage] >= FAIL_LIMIT
+            # One log line per stage and second at most (a broken stage fails every run).
+            if mono - self._fail_logged.get(stage, -1e9) >= 1.0:
+                self._fail_logged[stage] = mono
+                log.error('stage %d failed (%d so far): %s', stage, self._failures[stage],
+                          error)
+        if disable:
+            self._limit_depth(stage - 1)
+
+    def _limit_depth(self, depth: int) -> None:
+        """Run no stage past ``depth`` any more: plans and tasks stop there."""
+        with self._lock:
+            if depth >= self.max_depth:
+                return
+            log.error('stage %d failed %d runs in a row: running at most %d of %d stages '
+                      'until the model is configured again', depth + 1, FAIL_LIMIT, depth,
+                      self.num_stages)
+            self.max_depth = depth
+            now = self.clock()
+            if depth == 0:
+                for tid in list(self._tasks):
+                    self._end_failed(tid, now)
+                return
+            self._plan_profile = truncate_profile(self.profile, depth)
+            self.policy = self._make_policy(*self._policy_args)
+            for task in self._tasks.values():
+                task.num_stages = min(task.num_stages, depth)
+
+    def _end_failed(self, tid: int, now: float) -> None:
+        """End a task that cannot go on: its deepest finite exit if any, else ``error``."""
+        if tid not in self._tasks:
+            return
+        if tid in self._result:
+            self._finish(tid, now)
+        else:
+            self._drop(tid, ERROR, now)
 
     # -- outcomes -------------------------------------------------------------------------
     def _close(self, tid: int) -> Optional[dict]:
@@ -413,7 +698,10 @@ class Executor:
             reason = ''
         else:
             outcome, reason = DROPPED, frame['reasons'][0] if frame['reasons'] else ERROR
+        self._emit(FrameOutcome(job, outcome, reason, frame['results'], now))
+
+    def _emit(self, outcome: FrameOutcome) -> None:
         try:
-            self.on_outcome(FrameOutcome(job, outcome, reason, frame['results'], now))
+            self.on_outcome(outcome)
         except Exception:  # noqa: B902 - a failing callback must not stop the worker
             log.exception('outcome callback failed')

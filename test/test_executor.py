@@ -49,7 +49,7 @@ def test_every_job_ends_in_one_outcome_with_results():
     assert all(o.results[0].depth == 4 for o in outcomes)     # light load: full depth
 
 
-def test_a_failing_stage_ends_its_task_as_error_and_the_worker_goes_on():
+def test_a_failing_stage_ends_its_task_at_the_exit_before_and_the_worker_goes_on():
     import torch
 
     outcomes = []
@@ -88,7 +88,9 @@ def test_a_failing_stage_ends_its_task_as_error_and_the_worker_goes_on():
     ex.stop()
     by = {o.job.meta: o for o in outcomes}
     assert by['bad_prepare'].outcome == 'dropped' and by['bad_prepare'].reason == 'error'
-    assert by['bad_stage'].outcome == 'dropped' and by['bad_stage'].reason == 'error'
+    # Stage 2 raised: the frame answers from the exit that ran (stage 1), never stage 2's.
+    assert by['bad_stage'].outcome == 'on_time' and by['bad_stage'].results[0].depth == 1
+    assert ex.health().stage_failures[2] == 1
     assert by['good'].outcome == 'on_time' and by['good_after'].outcome == 'on_time'
 
 

@@ -1,0 +1,250 @@
+"""
+Faults in the executor, injected around the real bundled model's ``run_stage``, in-process.
+
+Stalls and throttling (issue 16 defect 1, issue 13 item 4): the executor as the node
+configures it (fashion_mnist, imprecise_dp, percentile 99, CPU, one torch thread), frames
+at a fixed rate with 50 ms deadlines. The machine running the suite is shared and busy, so
+each check compares the executor with itself before the fault, not with a speed.
+"""
+import os
+import shutil
+import time
+
+from anytime_infer.camera_player import load_samples
+from anytime_infer.executor import FAIL_LIMIT, FrameJob
+from anytime_infer.faults import drive, Fault, FaultyStages, make_executor, window
+from anytime_infer.model.store import CARD, read_json, resolve_model_dir, sha256_of, \
+    WEIGHTS, write_json
+import numpy as np
+import pytest
+import torch
+
+DEADLINE = 0.050
+PRE, STALL = 1.5, 2.0
+
+
+@pytest.fixture(scope='module')
+def images():
+    torch.set_num_threads(1)          # as the node configures torch (torch_threads 1)
+    return load_samples('fashion_mnist')['images']
+
+
+def wait_for(pred, timeout=20.0):
+    end = time.monotonic() + timeout
+    while not pred() and time.monotonic() < end:
+        time.sleep(0.01)
+    return pred()
+
+
+def submit_one(ex, img, meta, deadline=1.0):
+    now = ex.clock()
+    ex.submit(FrameJob(0, now, now + deadline, img[None], meta=meta))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rate', [20, 100, 400])
+def test_depth_and_on_time_share_recover_within_2s_after_a_stall(images, rate):
+    """
+    Issue 16.1 in-process: every stage 60 ms slower for 2 s, then normal again.
+
+    Before the fix the stall's measurements stayed in the estimates: stage 1 was planned
+    at 61 ms > 50 ms and every later frame was dropped ``infeasible`` at arrival, forever.
+    """
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    ex.start()
+    post = 3.5
+    try:
+        drive(ex, images, rate, DEADLINE,
+              [(PRE, None), (STALL, Fault(delay_s=0.060)), (post, None)], faults)
+    finally:
+        ex.stop()
+    before = window(outcomes, 0.5, PRE)
+    during = window(outcomes, PRE, PRE + STALL)
+    after = window(outcomes, PRE + STALL + 2.0, PRE + STALL + post)
+    print(f'{rate} Hz: before {before}, during {during}, after {after}')
+    assert during['on_time'] < 0.5 * before['on_time']      # the stall did hit
+    assert after['frames'] >= 0.8 * rate * (post - 2.0)
+    assert after['on_time'] >= 0.9 * before['on_time'], (before, after)
+    assert after['depth'] >= before['depth'] - 0.5, (before, after)
+    assert ex.times.plan(1) < DEADLINE
+    assert len(outcomes) == len({id(o.job) for o in outcomes})
+
+
+@pytest.mark.slow
+def test_a_10x_slowdown_is_detected_and_planned_for_within_a_second(images):
+    """Issue 13.4: thermal throttling (every stage 10x longer) at 100 Hz, 50 ms deadlines."""
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    p50_1 = ex.times.calibrated(1)[0]
+    series = []
+
+    def probe(t):
+        h = ex.health()
+        series.append((t, ex.times.plan(1), h.stage_slowdown.get(1, 1.0) * p50_1, h.stalled))
+    ex.start()
+    hot, post = 3.0, 3.0
+    try:
+        drive(ex, images, 100, DEADLINE,
+              [(PRE, None), (hot, Fault(factor=10.0)), (post, None)], faults, probe=probe)
+    finally:
+        ex.stop()
+    # The stage-1 time measured under throttling, and the plan one second into it.
+    hot_time = np.median([m for t, _, m, _ in series if PRE + 0.5 <= t < PRE + hot])
+    plan_at_1s = [p for t, p, _, _ in series if PRE + 1.0 <= t < PRE + hot]
+    assert min(plan_at_1s) >= 0.9 * hot_time, (min(plan_at_1s), hot_time)
+    # WARN within 1 s and while throttled; OK again after (mostly: this shared machine
+    # alone sometimes slows a stage by the stall factor).
+    assert any(s for t, _, _, s in series if PRE <= t < PRE + 1.0)
+    assert np.mean([s for t, _, _, s in series if PRE + 1.0 <= t < PRE + hot]) >= 0.9
+    assert np.mean([s for t, _, _, s in series if t >= PRE + hot + 1.5]) <= 0.2
+    before = window(outcomes, 0.5, PRE)
+    settled = window(outcomes, PRE + 1.0, PRE + hot)
+    whole = window(outcomes, PRE, PRE + hot)
+    print('before:', before, 'throttled:', whole, 'from 1 s in:', settled)
+    # Misses bounded: a few while the plans adapt, then no more than before the fault.
+    assert whole['late'] <= before['late'] + 0.05
+    assert settled['late'] <= before['late'] + 0.02
+    assert settled['on_time'] >= 0.5
+    after = window(outcomes, PRE + hot + 2.0, PRE + hot + post)
+    assert after['depth'] >= before['depth'] - 0.5
+
+
+def test_a_stage_that_raises_or_runs_out_of_memory_ends_its_tasks_and_the_executor_goes_on(
+        images):
+    """Issue 13.4: raise (stage 1, stage 3) and CUDA out-of-memory (stage 1), injected."""
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    ex.start()
+    try:
+        for meta, fault in (('raise_1', Fault(raise_error=True, stages=[1])),
+                            ('oom_1', Fault(oom=True, stages=[1])),
+                            ('raise_3', Fault(raise_error=True, stages=[3])),
+                            ('healthy', None)):
+            faults.set_fault(fault)
+            submit_one(ex, images[0], meta)
+            assert wait_for(lambda: any(o.job.meta == meta for o in outcomes))
+    finally:
+        ex.stop()
+    by = {o.job.meta: o for o in outcomes}
+    assert len(outcomes) == 4
+    for meta in ('raise_1', 'oom_1'):       # nothing to answer from: dropped, error
+        assert (by[meta].outcome, by[meta].reason, by[meta].results) == ('dropped', 'error', [])
+    # Stage 3 failed: the answer of the deepest exit that ran (2), never one of stage 3.
+    assert by['raise_3'].outcome == 'on_time' and by['raise_3'].results[0].depth == 2
+    assert by['healthy'].outcome == 'on_time' and by['healthy'].results[0].depth == 4
+    h = ex.health()
+    assert h.stage_failures == {1: 2, 2: 0, 3: 1, 4: 0}
+    assert h.max_depth == 4             # not failing in a row: nothing disabled
+    assert 'stage 1: 2' in h.message and 'stage 3: 1' in h.message
+
+
+def test_nan_output_is_never_published_and_a_stage_that_keeps_failing_is_disabled(images):
+    """A stage returning NaN (injected): depth 1 answers; FAIL_LIMIT in a row disable it."""
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    faults.set_fault(Fault(nan=True, stages=[2]))
+    ex.start()
+    n = FAIL_LIMIT + 3
+    try:
+        for i in range(n):
+            submit_one(ex, images[i], i)
+            assert wait_for(lambda: len(outcomes) == i + 1)
+    finally:
+        ex.stop()
+    assert all(o.outcome == 'on_time' for o in outcomes)
+    assert [o.results[0].depth for o in outcomes] == [1] * n
+    assert all(np.isfinite(o.results[0].confidence) for o in outcomes)
+    h = ex.health()
+    assert h.stage_failures[2] == FAIL_LIMIT      # then stage 2 was no longer run
+    assert faults.runs[2] == FAIL_LIMIT
+    assert h.max_depth == 1 and 'stages 2..4 disabled' in h.message
+
+
+@pytest.fixture
+def nan_model(tmp_path):
+    """Copy the bundled fashion_mnist into tmp_path with stage 3's conv weights NaN."""
+    src = resolve_model_dir('fashion_mnist')
+    dst = tmp_path / 'fashion_nan'
+    shutil.copytree(src, dst)
+    state = torch.load(os.path.join(src, WEIGHTS), weights_only=True)
+    convs = [k for k, v in state.items() if k.startswith('stages.2.') and v.dim() == 4]
+    assert convs
+    for k in convs:
+        state[k] = torch.full_like(state[k], float('nan'))
+    torch.save(state, dst / WEIGHTS)
+    card = read_json(str(dst / CARD), 'card')
+    card['sha256'] = sha256_of(str(dst / WEIGHTS))      # so that it loads
+    write_json(str(dst / CARD), card)
+    return str(dst)
+
+
+def test_a_model_with_nan_weights_answers_at_depth_2_never_with_nan(images, nan_model):
+    """
+    Issue 16.7: stage 3's conv weights NaN, light load.
+
+    Before the fix all frames were published on time at depth 4 with confidence NaN.
+    """
+    ex, outcomes = make_executor(folder=nan_model)
+    ex.start()
+    n = 40
+    try:
+        for i in range(n):
+            submit_one(ex, images[i], i, deadline=DEADLINE)
+            time.sleep(0.02)
+        assert wait_for(lambda: len(outcomes) == n)
+    finally:
+        ex.stop()
+    published = [o for o in outcomes if o.results]
+    assert len(published) == n
+    assert all(np.isfinite(r.confidence) for o in published for r in o.results)
+    assert all(r.depth == 2 for o in published for r in o.results)
+    assert sum(o.outcome == 'on_time' for o in outcomes) >= 0.9 * n
+    h = ex.health()
+    assert h.stage_failures[3] == FAIL_LIMIT
+    assert h.max_depth == 2 and not h.ok
+
+
+def test_overhead_is_measured(images):
+    """Issue 11.4 (measurement): the worker's time outside the stages, per stage and share."""
+    ex, outcomes = make_executor()
+    ex.start()
+    try:
+        for i in range(30):
+            submit_one(ex, images[i], i)
+            time.sleep(0.005)
+        assert wait_for(lambda: len(outcomes) == 30)
+    finally:
+        ex.stop()
+    st = ex.stats()
+    assert st['busy_cycles'] >= 30
+    assert 0.0 < st['overhead_ms_p50'] <= st['overhead_ms_p99']
+    assert 0.0 < st['overhead_share'] < 1.0
+    h = ex.health()
+    assert h.overhead_ms_p50 == pytest.approx(st['overhead_ms_p50'], rel=0.5)
+
+
+def test_stop_never_raises_on_a_second_interrupt_and_answers_every_frame(images, caplog):
+    """A KeyboardInterrupt inside stop() (a second Ctrl-C) ends nothing early."""
+    import signal
+    import threading
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    faults.set_fault(Fault(delay_s=0.5, stages=[1]))      # the worker is inside a long stage
+    ex.start()
+    for i in range(10):
+        submit_one(ex, images[i], i, deadline=5.0)
+    time.sleep(0.1)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        ex.stop(timeout=2.0)             # joins the worker while SIGINT arrives
+    except KeyboardInterrupt:
+        pytest.fail('Executor.stop() raised KeyboardInterrupt')
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert 'interrupted while stopping' in caplog.text      # the interrupt did arrive
+    assert sorted(o.job.meta for o in outcomes) == list(range(10))
+    assert {o.reason for o in outcomes if o.outcome == 'dropped'} <= {'shutdown'}
