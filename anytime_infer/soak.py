@@ -198,6 +198,14 @@ def evaluate(samples: List[Dict], baseline_s: float, queue_bound: int,
                              f'0 <= in flight <= {queue_bound}, at every sample'})
     targets.append({'name': 'no_frame_answered_twice', 'ok': duplicates == 0,
                     'value': duplicates, 'bound': '0 duplicate answers (subscriber side)'})
+    # A node that stops answering on time while frames arrive (every frame dropped, e.g.
+    # plans stuck on stale stage times) passes the other targets; this one catches it.
+    stalled = [b['t_s'] for a, b in zip(run, run[1:])
+               if b['received'] > a['received'] and b['on_time'] <= a['on_time']]
+    targets.append({'name': 'on_time_keeps_growing', 'ok': not stalled,
+                    'value': f'{len(stalled)} stalled intervals'
+                             + (f' (from t={stalled[0]:.0f} s)' if stalled else ''),
+                    'bound': 'frames on time in every interval with frames received'})
     last = samples[-1] if samples else None
     share = last['late'] / last['received'] if last and last['received'] else 0.0
     targets.append({'name': 'late_share', 'ok': bool(last and last['received']) and

@@ -167,7 +167,13 @@ def compressed_to_array(msg, max_pixels: int) -> Tuple[np.ndarray, str]:
         raise BadInput(f'image {w}x{h} (declared in the {msg.format} header) exceeds the '
                        f'limit of {max_pixels} pixels')
     buf = np.frombuffer(memoryview(data), dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    # OpenCV logs every corrupt image to stderr; thousands of bad frames would flood the
+    # node's log, which already reports bad input (throttled) with the reason below.
+    level = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if img is None:
         raise BadInput(f'corrupt or truncated {msg.format} data ({len(data)} bytes)')
     if img.shape[0] * img.shape[1] > max_pixels:   # the decoder disagreed with the header
