@@ -100,6 +100,8 @@ def test_stop_signal_answers_every_received_frame_and_exits_0(ros, repo_root, tm
         if publisher is not None:
             publisher.join()
         spin_until(ros, lambda: False, 1.0)      # take what the node sent before it exited
+        # Its endpoints left the graph at exit (no ghost until a lease timeout, ~20 s).
+        graph_left = ros.count_publishers(f'{ns}/anytime_infer/status')
     finally:
         stop_pub.set()
         kill_group(proc)
@@ -117,6 +119,7 @@ def test_stop_signal_answers_every_received_frame_and_exits_0(ros, repo_root, tm
           f'answered {len(answers)} ({received_before} before the signal); on time '
           f'{last.frames_on_time}, late {last.frames_late}, dropped {reasons}')
     assert took < EXIT_BOUND_S, f'exit took {took:.2f} s'
+    assert graph_left == 0, 'the node is still in the graph 1 s after its exit'
     keys = [(a.header.frame_id, a.header.stamp.sec, a.header.stamp.nanosec) for a in answers]
     assert len(set(keys)) == len(keys), 'a frame was answered twice'
     assert len(answers) == last.frames_received, \
