@@ -44,10 +44,16 @@ class StopRequest:
 
 
 def install_stop_handlers(stop: StopRequest) -> bool:
-    """Route SIGINT and SIGTERM to ``stop``; False where not possible (not the main thread)."""
+    """
+    Route SIGINT and SIGTERM to ``stop``; False where not possible (not the main thread).
+
+    A signal inherited as ignored stays ignored, as Python itself does for SIGINT: a
+    shell starts background jobs with SIGINT ignored so that Ctrl-C spares them.
+    """
     try:
         for signum in STOP_SIGNALS:
-            signal.signal(signum, stop)
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, stop)
     except ValueError:
         return False
     return True
