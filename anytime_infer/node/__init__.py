@@ -4,10 +4,11 @@ The ROS 2 node: camera topics in, anytime detections out.
 ``main()`` runs it until SIGINT or SIGTERM, then stops cleanly: it takes no more frames,
 answers every received frame (finished, or dropped as ``shutdown``) while its publishers
 are still valid, publishes a last status, waits (bounded) for reliable subscribers to
-acknowledge, and exits 0 at once (no interpreter teardown: nothing is in flight). rclpy's own signal handlers are not installed: they shut the
-context down first (every later publish fails: "publisher's context is invalid") and a
-second Ctrl-C (the terminal's, then launch's) raised ``KeyboardInterrupt`` anywhere, e.g.
-inside ``Executor.stop()``.
+acknowledge, and exits 0 at once (no interpreter teardown: nothing is in flight).
+rclpy's own signal handlers are not installed: they shut the context down first (every
+later publish fails: "publisher's context is invalid") and a second Ctrl-C (the
+terminal's, then launch's) raised ``KeyboardInterrupt`` anywhere, e.g. inside
+``Executor.stop()``.
 """
 import signal
 import sys
