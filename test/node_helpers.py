@@ -19,6 +19,12 @@ CAMERAS = ['/test/front/image_raw', '/test/rear/image_raw']
 REMAPS = ['-r', 'camera_front/image_raw:=' + CAMERAS[0],
           '-r', 'camera_rear/image_raw:=' + CAMERAS[1]]
 TRANSITIONS = {'configure': 1, 'cleanup': 2, 'activate': 3, 'deactivate': 4}
+TARGET = {'configure': 'inactive', 'cleanup': 'unconfigured', 'activate': 'active',
+          'deactivate': 'inactive'}
+# A service request is sent again after this long without a response: a server can be
+# discovered (service_is_ready) before it has matched the client's response reader, and a
+# response sent before that is lost (seen on a loaded machine).
+RETRY_S = 3.0
 
 
 def start_node(extra=(), params_file: Optional[str] = None) -> subprocess.Popen:
@@ -101,12 +107,8 @@ class Peer:
         return bool(pred())
 
     def call(self, client, request, timeout: float = 20.0):
-        """Call a service and wait for its response."""
-        assert self.spin_until(lambda: client.service_is_ready(), timeout), \
-            f'service {client.srv_name} not available'
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f'{client.srv_name}: no response'
-        return future.result()
+        """Call a service and wait for its response (the request sent again every RETRY_S)."""
+        return call(self.node, client, request, timeout)
 
     def set(self, name: str, value):
         """Set one parameter through the node's SetParameters service; (ok, reason)."""
@@ -125,11 +127,14 @@ class Peer:
         return parameter_value_to_python(res.values[0])
 
     def transition(self, name: str) -> bool:
-        """Request a lifecycle transition through ``~/change_state``."""
+        """Request a lifecycle transition through ``~/change_state``; True once in it."""
         from lifecycle_msgs.srv import ChangeState
         req = ChangeState.Request()
         req.transition.id = TRANSITIONS[name]
-        return self.call(self.change_cli, req, timeout=60.0).success
+        # A request sent again (its response lost) is refused once the first took the node
+        # there: the state decides.
+        return self.call(self.change_cli, req, timeout=60.0).success or \
+            self.state() == TARGET[name]
 
     def state(self) -> str:
         """Return the node's lifecycle state label."""
@@ -180,6 +185,42 @@ class Peer:
         info = (self.node.get_publishers_info_by_topic if kind == 'pub'
                 else self.node.get_subscriptions_info_by_topic)(topic)
         return sum(1 for i in info if i.node_name == node_name)
+
+
+def spin_until(node, pred: Callable[[], bool], timeout: float) -> bool:
+    """Spin a node until ``pred()`` holds or the timeout passes; return ``pred()``."""
+    import rclpy
+    end = time.monotonic() + timeout
+    while not pred() and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.02)
+    return bool(pred())
+
+
+def call(node, client, request, timeout: float = 20.0):
+    """Call a service and wait for its response (the request sent again every RETRY_S)."""
+    end = time.monotonic() + timeout
+    assert spin_until(node, lambda: client.service_is_ready(), timeout), \
+        f'service {client.srv_name} not available'
+    while True:
+        future = client.call_async(request)
+        if spin_until(node, future.done, min(RETRY_S, max(end - time.monotonic(), 0.1))):
+            return future.result()
+        client.remove_pending_request(future)
+        assert time.monotonic() < end, f'{client.srv_name}: no response'
+
+
+def set_parameters(node, target: str, **values) -> None:
+    """Set parameters of the node ``target`` through its SetParameters service; all must pass."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    cli = node.create_client(SetParameters, target + '/set_parameters')
+    try:
+        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                for k, v in values.items()])
+        for res in call(node, cli, req).results:
+            assert res.successful, res.reason
+    finally:
+        node.destroy_client(cli)
 
 
 def _ns(stamp) -> int:

@@ -557,9 +557,9 @@ class AnytimeInferNode(LifecycleNode):
         if max_depth < ex.net.num_stages:
             why.append(f'stages past {max_depth} disabled after failures (configure again '
                        'to retry them)')
-        message = '; '.join(why) or 'ok'
-        if fields.get('message'):
-            message += f' ({fields["message"]})'
+        # The executor says what is wrong in its own words; the node's reasons otherwise
+        # (a failure older than the executor's window still WARNs here for a while).
+        message = fields.get('message') or '; '.join(why) or 'ok'
         ds = DiagnosticStatus(level=DiagnosticStatus.WARN if why else DiagnosticStatus.OK,
                               name='anytime_infer: executor', hardware_id=hardware_id,
                               message=message)
