@@ -131,7 +131,7 @@ def test_every_parameter_through_set_parameters(peer):
     refused(peer, 'roi_topics', ['rois'], 'at activate')
     for name, value in (('model', 'traffic_lights'), ('device', 'cpu'),
                         ('camera_topics', ['a/image_raw']), ('percentile', 95),
-                        ('torch_threads', 2)):
+                        ('torch_threads', 2), ('vision_msgs', False)):
         refused(peer, name, value, 'takes effect at configure')
     refused(peer, 'autostart', False, 'read once when the node starts')
     accepted(peer, 'model', 'fashion_mnist')        # unchanged: nothing to refuse
