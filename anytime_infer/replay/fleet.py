@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -81,6 +82,7 @@ class RunInfo:
     skipped: List[str] = field(default_factory=list)
     failed: List[str] = field(default_factory=list)
     frames: int = 0
+    per_bag: Dict[str, Dict] = field(default_factory=dict)   # seconds, node, pid
 
 
 def bag_jobs(paths: Sequence[str], out: str) -> List[BagJob]:
@@ -114,11 +116,14 @@ def evaluate_bag(job: BagJob, out: str, cfg: FleetConfig,
     Never raises for a bad bag or a failing evaluation: the error is in the result and in
     ``out/<name>/job.json``.
     """
+    import cv2
     import torch
 
     from anytime_infer.replay.command import replay
     from anytime_infer.replay.reports import write_error_report
+    # N tasks on N x threads cores: each keeps to its share (torch and OpenCV pools).
     torch.set_num_threads(cfg.threads)
+    cv2.setNumThreads(cfg.threads)
     final = os.path.join(out, job.name)
     _remove_temporaries(out, job.name)     # a killed earlier attempt's leftovers
     tmp = os.path.join(out, f'.{job.name}.tmp-{os.getpid()}')
@@ -150,8 +155,24 @@ def evaluate_bag(job: BagJob, out: str, cfg: FleetConfig,
     if os.path.exists(final):
         shutil.rmtree(final)
     os.rename(tmp, final)   # complete: only now does out/<name> exist
+    # Where and how long: for run.json only (job.json and the summary must not vary).
     result['seconds'] = round(time.monotonic() - t0, 3)
+    result['pid'] = os.getpid()
+    result['node'] = _node_id()
     return result
+
+
+def _node_id() -> str:
+    if 'ray' not in sys.modules:   # in-process run: no need to import Ray
+        return 'local'
+    try:
+        import ray
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # noqa: B902 - where a bag ran is only informative
+        pass
+    return 'local'
+
 
 
 def _remove_temporaries(out: str, name: str) -> None:
@@ -172,8 +193,9 @@ def run_sequential(jobs: List[BagJob], out: str, cfg: FleetConfig,
                    on_frames: Callable[[int], None],
                    on_bag: Callable[[Dict], None]) -> List[Dict]:
     """Evaluate the bags one after the other in this process (the reference)."""
+    import cv2
     import torch
-    threads = torch.get_num_threads()
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     results = []
     try:
         for job in jobs:
@@ -181,6 +203,7 @@ def run_sequential(jobs: List[BagJob], out: str, cfg: FleetConfig,
             on_bag(results[-1])
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
     return results
 
 
@@ -221,10 +244,18 @@ def start_ray(address: Optional[str], workers: int, threads: int) -> float:
     common = {'include_dashboard': False, 'log_to_driver': False,
               'logging_level': logging.WARNING}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError) as e:
+            raise RuntimeError(
+                f'could not join the Ray cluster at {address}: {e}. A cluster started with '
+                '`ray start --head` uses token authentication: set RAY_AUTH_MODE=token and '
+                "make the cluster's token readable here (~/.ray/auth_token, "
+                'RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)') from None
     else:
-        ray.init(num_cpus=workers * threads, object_store_memory=OBJECT_STORE_BYTES,
-                 **common)
+        # 'local': always a new instance of our own, even when a cluster runs here.
+        ray.init(address='local', num_cpus=workers * threads,
+                 object_store_memory=OBJECT_STORE_BYTES, **common)
     return float(ray.cluster_resources().get('CPU', 0.0))
 
 
@@ -310,6 +341,8 @@ def evaluate(paths: Sequence[str], out: str, cfg: FleetConfig, workers: Optional
     info.wall_s = round(time.monotonic() - start, 3)
     info.evaluated = [r['name'] for r in results]
     info.frames = sum(r['frames'] for r in results)
+    info.per_bag = {r['name']: {k: r[k] for k in ('seconds', 'node', 'pid') if k in r}
+                    for r in results}
     summary = build_summary(out, jobs, {r['name']: r for r in results}, cfg)
     info.failed = [b['name'] for b in summary['bags'] if not b['ok']]
     write_summary(out, summary, asdict(info))
