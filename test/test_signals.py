@@ -128,3 +128,30 @@ def test_stop_signal_answers_every_received_frame_and_exits_0(ros, repo_root, tm
     if load:
         assert last.frames_received >= 100, 'the load did not reach the node'
         assert len(answers) > received_before, 'no frame was in flight at the signal'
+
+
+def test_sigint_inherited_as_ignored_stays_ignored_sigterm_stops(repo_root, tmp_path):
+    """A shell's background job keeps SIGINT ignored (Ctrl-C spares it); SIGTERM stops it."""
+    import subprocess
+    from ros_user import NODE
+    log = tmp_path / 'node.log'
+    with open(log, 'w') as f:
+        proc = subprocess.Popen(
+            ['bash', '-c', 'trap "" INT; exec "$0" "$@"', NODE, '--ros-args', '-r',
+             '__ns:=/sig_ignored', '--params-file',
+             os.path.join(repo_root, 'config', 'anytime_infer.yaml')],
+            stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        end = time.monotonic() + 90
+        while 'active' not in read_log(log) and proc.poll() is None and \
+                time.monotonic() < end:
+            time.sleep(0.1)
+        assert 'active' in read_log(log), read_log(log)[-2000:]
+        signal_node(proc, signal.SIGINT, group=True, twice=True)
+        time.sleep(1.0)
+        assert proc.poll() is None, 'an inherited SIG_IGN for SIGINT was overridden'
+        signal_node(proc, signal.SIGTERM, group=False, twice=False)
+        assert proc.wait(EXIT_BOUND_S) == 0, read_log(log)[-2000:]
+    finally:
+        kill_group(proc)
+    assert 'Traceback' not in read_log(log) and 'SIGTERM: stopping' in read_log(log)
