@@ -10,6 +10,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from anytime_infer.scheduler.dp import build_rows, choose_front, INF, Row, TaskOptions
+from anytime_infer.scheduler.planner import ContingentPlan, prepare as prepare_plan
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, QUEUE_FULL, Task
 from anytime_infer.scheduler.timing import StageTimes
@@ -26,6 +27,8 @@ class Policy:
     name = 'policy'
     anytime = False          # results are published at the deadline from the deepest exit
     simulation_only = False
+    clock = staticmethod(time.perf_counter)   # times the policy's own work (the simulator
+    #                                           may set the CPU-time clock)
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None) -> None:
         self.profile = profile
@@ -144,6 +147,8 @@ class ImpreciseDP(Policy):
 
     name = 'imprecise_dp'
     anytime = True
+    contingent = True        # plans off the critical path (``prepare``; see planner.py)
+    chain = 8                # exits of the running task one contingent plan covers
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None,
                  flat: bool = False, quantum: float = 0.01, horizon: int = 6,
@@ -191,7 +196,10 @@ class ImpreciseDP(Policy):
         return out
 
     def _key(self, t: Task) -> tuple:
-        return (t.task_id, t.stages_done, t.deadline, t.weight, self.times.version)
+        # The confidence is part of the state: the planner evaluates one task at several
+        # hypothetical outcomes of its running exit.
+        return (t.task_id, t.stages_done, t.deadline, t.weight, self.times.version,
+                t.confidences[-1] if t.confidences else None)
 
     @staticmethod
     def _reserve(tasks: Sequence[Task], p1: float) -> float:
@@ -240,9 +248,14 @@ class ImpreciseDP(Policy):
         self._win_rows, self._win_reserve = rows, reserve
         return window, rows, reserve
 
-    def plan(self, now: float, tasks: Sequence[Task]):
-        """Return (planned depth per task id, dropped (id, reason), deferred ids)."""
-        start = now + self._decision_s
+    def _prelude(self, start: float, tasks: Sequence[Task]):
+        """
+        Shed and order: (dropped (id, reason), EDF tasks planned now, deferred ids).
+
+        A task whose mandatory stage cannot finish by its deadline even alone is dropped;
+        mandatory stages that do not fit together are deferred (not planned now; dropped
+        as infeasible when they no longer fit alone).
+        """
         drops, live = [], []
         p1 = self.times.plan(1)
         for t in tasks:
@@ -251,8 +264,6 @@ class ImpreciseDP(Policy):
             else:
                 live.append(t)
         live = _edf(live)
-        # Mandatory stages that do not fit together are deferred (not planned now; they
-        # are dropped as infeasible when they no longer fit alone).
         clock, chosen, deferred = start, [], []
         mandatory_slack = INF
         for t in live:
@@ -264,6 +275,12 @@ class ImpreciseDP(Policy):
             if need:
                 mandatory_slack = min(mandatory_slack, t.deadline - clock)
             chosen.append(t)
+        return drops, chosen, deferred, mandatory_slack
+
+    def plan(self, now: float, tasks: Sequence[Task]):
+        """Return (planned depth per task id, dropped (id, reason), deferred ids)."""
+        start = now + self._decision_s
+        drops, chosen, deferred, mandatory_slack = self._prelude(start, tasks)
         depth: Dict[int, int] = {}
         if self.lazy and chosen and chosen[0].stages_done == 0:
             # Every plan runs the earliest-deadline task's mandatory stage next, whatever
@@ -274,31 +291,40 @@ class ImpreciseDP(Policy):
             self.min_slack = mandatory_slack
             return depth, drops, deferred
         if chosen:
-            front, rest_all = chosen[0], chosen[1:]
-            rest, rows, reserve = self._window(rest_all)
-            chosen = [front] + rest
-            keys = [self._key(t) for t in chosen]
-            opts = self._cached_options(keys, chosen)
-            # Keep only what is planned now (bounded memory).
-            self._opt_cache = dict(zip(keys, opts))
-            picked = self._fast_full_depth(start, opts, reserve)
-            if picked is None:
-                try:
-                    o, tail = choose_front(start, opts[0], rows, self.quantum,
-                                           np.array([reserve]))
-                except ValueError:
-                    # The others cannot all make it even at their least depth (stage
-                    # times ran over the plan): everyone at least depth now; the tasks
-                    # that no longer fit are shed as infeasible at the next decisions.
-                    self._win_keys, self._win_rows = [], []
-                    o, tail = 0, [0] * len(rows)
-                picked = [o] + tail
-            self._fill_slack(start, opts, picked, reserve)
-            for t, o, i in zip(chosen, opts, picked):
-                depth[t.task_id] = o.depths[i]
+            depth = self.plan_depths(start, chosen)[0]
         # Tasks beyond the window get no depth now: they are neither run nor published
         # early; they are planned when they move into the window.
         return depth, drops, deferred
+
+    def plan_depths(self, start: float, chosen: List[Task]):
+        """
+        The DP over the front task and its window (``chosen``: EDF, none shed).
+
+        Returns (depth per planned task id, window tasks after the front, the latest
+        start of the mandatory block reserved behind the window).
+        """
+        front, rest_all = chosen[0], chosen[1:]
+        rest, rows, reserve = self._window(rest_all)
+        chosen = [front] + rest
+        keys = [self._key(t) for t in chosen]
+        opts = self._cached_options(keys, chosen)
+        # Keep only what is planned now (bounded memory).
+        self._opt_cache = dict(zip(keys, opts))
+        picked = self._fast_full_depth(start, opts, reserve)
+        if picked is None:
+            try:
+                o, tail = choose_front(start, opts[0], rows, self.quantum,
+                                       np.array([reserve]))
+            except ValueError:
+                # The others cannot all make it even at their least depth (stage
+                # times ran over the plan): everyone at least depth now; the tasks
+                # that no longer fit are shed as infeasible at the next decisions.
+                self._win_keys, self._win_rows = [], []
+                o, tail = 0, [0] * len(rows)
+            picked = [o] + tail
+        self._fill_slack(start, opts, picked, reserve)
+        depth = {t.task_id: o.depths[i] for t, o, i in zip(chosen, opts, picked)}
+        return depth, rest, reserve
 
     @staticmethod
     def _fast_full_depth(start: float, opts: List[TaskOptions],
@@ -322,6 +348,13 @@ class ImpreciseDP(Policy):
     def _fill_slack(self, start: float, opts: List[TaskOptions], picked: List[int],
                     reserve: float = INF) -> None:
         """One pass in EDF order: deepen while no deadline breaks (with slack, prefer depth)."""
+        finish, suffix = self._slack_table(start, opts, picked, reserve)
+        self._deepen(opts, picked, finish, suffix)
+
+    @staticmethod
+    def _slack_table(start: float, opts: List[TaskOptions], picked: List[int],
+                     reserve: float = INF):
+        """Finish time of every task and the least slack of each suffix (inf if none)."""
         n = len(opts)
         finish, clock = [], start
         for o, i in zip(opts, picked):
@@ -334,6 +367,12 @@ class ImpreciseDP(Policy):
             o = opts[j]
             own = o.deadline - finish[j] if o.times[picked[j]] > 0 else INF
             suffix[j] = own if own < suffix[j + 1] else suffix[j + 1]
+        return finish, suffix
+
+    def _deepen(self, opts: List[TaskOptions], picked: List[int], finish: List[float],
+                suffix: List[float]) -> None:
+        """Deepen ``picked`` in place within the slack (see ``_slack_table``)."""
+        n = len(opts)
         shift = 0.0
         for j in range(n):
             o = opts[j]
@@ -353,9 +392,19 @@ class ImpreciseDP(Policy):
             picked[j] = i
         self.min_slack = suffix[0] - shift if n else INF
 
+    def prepare(self, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
+                seq: int = 0) -> ContingentPlan:
+        """
+        Plan off the critical path: the DP for every outcome of the running stage.
+
+        ``tasks`` as they were when the stage of ``running`` (at ``stage``) started at
+        ``now``. See ``anytime_infer.scheduler.planner`` for the worker's side.
+        """
+        return prepare_plan(self, now, tasks, running, stage, seq)
+
     def decide(self, now: float, tasks: Sequence[Task]) -> Decision:
         """Plan, publish tasks at their planned depth, run the next planned stage (EDF)."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         d = Decision()
         depth, d.drop, deferred = self.plan(now, tasks)
         d.planned_depth = depth
@@ -373,14 +422,19 @@ class ImpreciseDP(Policy):
             d.run = [first.task_id]
             if self.batching:
                 d.run += self._batch_mates(now, first, runnable)
-        self._note_decision_time(time.perf_counter() - t0)
+        self._note_decision_time(self.clock() - t0)
         return d
 
     def _note_decision_time(self, spent: float) -> None:
-        """Keep the planner's own time per decision (p90 of the last 64) for planning."""
+        """
+        Keep the planner's own time per decision (median of the last 64) for planning.
+
+        The median, not a tail: one preempted decision must not make every plan shallower
+        (the stage-time percentile already covers the tails of the worker's time).
+        """
         self._recent.append(spent)
         if len(self._recent) >= 64:
-            self._decision_s = float(np.percentile(self._recent, 90))
+            self._decision_s = float(np.median(self._recent))
             self._recent.clear()
             self.times.set_overhead(self._decision_s)
 
@@ -393,9 +447,11 @@ class ImpreciseDP(Policy):
         while mates:
             b = len(mates) + 1
             batched = self.times.plan(stage, b)
-            # Worth it when the batch costs less than the stages one by one, and the delay
-            # it adds before the first task's later stages fits every task's slack.
-            if batched < alone * b * 0.9 and batched - alone <= self.min_slack:
+            # Worth it when the batch costs less than the stages one by one (planned times
+            # include the worker's time per decision: one batch is one decision, b stages
+            # are b), and the delay it adds before the first task's later stages fits
+            # every task's slack.
+            if batched < alone * b and batched - alone <= self.min_slack:
                 return [t.task_id for t in mates]
             mates.pop()
         return []
@@ -405,6 +461,7 @@ class Greedy(ImpreciseDP):
     """Expected accuracy gain per unit of time, highest first (no look-ahead)."""
 
     name = 'greedy'
+    contingent = False       # decides at the boundary (its whole decision is inline)
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None) -> None:
         super().__init__(profile, times)

@@ -8,10 +8,13 @@ decision time (measured) is charged to the worker. Anytime policies have a task 
 at its deadline from its deepest completed exit. Every frame ends in exactly one outcome.
 """
 from dataclasses import dataclass, field
+import gc
 import heapq
+import math
 import time
 from typing import Dict, List, Optional
 
+from anytime_infer.scheduler.planner import OffPathPlanner
 from anytime_infer.scheduler.policies import Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import DROP_REASONS, SHUTDOWN, Task
@@ -49,9 +52,13 @@ class SimResult:
 
     policy: str
     frames: List[FrameResult]
-    decision_s: List[float] = field(default_factory=list)
+    decision_s: List[float] = field(default_factory=list)   # the worker's, per boundary
     busy_s: float = 0.0
     span_s: float = 0.0
+    planner: str = 'inline'        # thread, inline or free (see ``simulate``)
+    planner_s: List[float] = field(default_factory=list)    # the planner thread's, per plan
+    boundary: Optional[object] = None    # BoundaryStats of the off-path planner
+    source: str = ''               # the oracle: which run was best
 
     def summary(self) -> Dict:
         """Rates as fractions of all frames; a miss or a drop counts as wrong."""
@@ -82,7 +89,24 @@ class SimResult:
             'decision_ms_p99': float(np.percentile(dec, 99)) if dec.size else 0.0,
             'decision_share': float(dec.sum() / 1000.0 / self.span_s) if self.span_s else 0.0,
             'utilisation': self.busy_s / self.span_s if self.span_s else 0.0,
+            'planner': self.planner,
+            **self._planner_summary(),
         }
+
+    def _planner_summary(self) -> Dict:
+        out: Dict = {}
+        if self.planner_s:
+            ps = np.array(self.planner_s) * 1000.0
+            out.update(planner_ms_p50=float(np.percentile(ps, 50)),
+                       planner_ms_p99=float(np.percentile(ps, 99)), plans=len(ps))
+        b = self.boundary
+        if b is not None and b.boundaries:
+            n = b.boundaries
+            out.update(boundary_exact=b.exact / n, boundary_stale=b.stale / n,
+                       boundary_fallback=b.fallback / n)
+        if self.source:
+            out['oracle_source'] = self.source
+        return out
 
 
 def make_streams(profile: ModelProfile, load: float, cameras: int = 4,
@@ -126,16 +150,63 @@ def make_arrivals(streams: List[Stream], frames: int, kind: str, rng: np.random.
     return out[:frames]
 
 
+PLANNERS = ('thread', 'inline')
+CLOCKS = {'cpu': time.thread_time, 'wall': time.perf_counter}
+
+
 def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[Stream],
              frames: int = 3000, seed: int = 0, arrival: str = 'periodic',
              charge_decisions: bool = True, arrivals: Optional[List[tuple]] = None,
-             samples: Optional[np.ndarray] = None) -> SimResult:
+             samples: Optional[np.ndarray] = None, planner: str = 'thread',
+             decision_clock: str = 'cpu') -> SimResult:
     """
     Run one policy on one arrival process; return every frame's outcome.
 
     ``arrivals`` ((time s, stream) pairs in time order) and ``samples`` (the trace row of
     each arrival) replace the generated process, e.g. to replay a recorded bag.
+
+    How decisions are charged (``planner``; see ``anytime_infer.scheduler.planner``):
+
+    * ``thread`` (default; policies that plan off the critical path, i.e. the DP ones):
+      a planner thread with a core of its own. When a stage starts, the state at that
+      moment is posted; the planner, when free, takes the newest posted state and its
+      plan becomes usable at (its start + its measured wall time). The worker is charged
+      its boundary work (posting events, lookup, guards, the safe action) in full; it
+      never waits for the planner (a plan not ready yet means the older plan or the safe
+      action). Other policies decide inline, charged.
+    * ``inline``: the whole decision at the boundary, charged to the worker (one core).
+    * ``charge_decisions=False``: decisions inline and free: the bound.
+
+    ``decision_clock``: ``cpu`` (default) measures the worker's and the planner's work as
+    the CPU time of the thread doing it (``time.thread_time``), i.e. what it costs on a
+    core of its own, so that other processes on a shared machine do not inflate it by
+    preempting the simulator; ``wall`` measures wall time (``time.perf_counter``), as a
+    node that shares its cores would see it. Either way the whole work is charged.
     """
+    # The collector would pause inside whichever decision allocates when it runs and
+    # charge the simulator's own garbage to it: it runs between simulations instead.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(profile, trace, policy, streams, frames, seed, arrival,
+                         charge_decisions, arrivals, samples, planner, decision_clock)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_decisions,
+              arrivals, samples, planner, decision_clock) -> SimResult:
+    if planner not in PLANNERS:
+        raise ValueError(f'planner must be one of {PLANNERS}')
+    if decision_clock not in CLOCKS:
+        raise ValueError(f'decision clock must be one of {tuple(CLOCKS)}')
+    clock = CLOCKS[decision_clock]
+    tare = _clock_tare(clock)
+    best_of = getattr(policy, 'best_of', None)
+    if best_of:
+        return _best_of(profile, trace, policy, best_of, streams, frames, seed, arrival,
+                        charge_decisions, arrivals, samples, planner, decision_clock)
     if trace.num_exits != profile.num_stages:
         raise ValueError(f'trace has {trace.num_exits} exits, profile {profile.num_stages}')
     rng = np.random.default_rng(seed)
@@ -151,6 +222,15 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
     now, ai, busy = 0.0, 0, 0.0
     n_arr = len(arrivals)
     first_arrival = arrivals[0][0] if arrivals else 0.0
+    offpath = charge_decisions and planner == 'thread' and \
+        getattr(policy, 'contingent', False)
+    link = OffPathPlanner(policy, clock) if offpath else None
+    fresh: List[Task] = []          # admitted since the last boundary (posted by the worker)
+    gone: List[int] = []            # published at their deadline (posted by the watcher)
+    planner_s: List[float] = []
+    inflight: List[tuple] = []      # (ready at, plan), in the order made
+    planner_free = -math.inf
+    snap: Optional[tuple] = None    # (seq, posted at) not yet planned
 
     def publish(task: Task, at: float) -> None:
         res = results[task.task_id]
@@ -174,6 +254,7 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
                 task = pending.get(tid)
                 if task is not None and task.stages_done >= 1:
                     publish(task, d)
+                    gone.append(tid)
         now = max(now, to)
         while ai < n_arr and arrivals[ai][0] <= now:
             t_arr, s = arrivals[ai]
@@ -182,17 +263,62 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
                         stamp=t_arr,
                         exit_correct=list(trace.correct[samples[ai]]))
             pending[ai] = task
+            fresh.append(task)
             if policy.anytime:
                 heapq.heappush(deadlines, (task.deadline, ai))
             ai += 1
 
+    def pump() -> None:
+        """The planner thread up to `now`: start the newest posted state when free."""
+        nonlocal planner_free, snap
+        if snap is not None and planner_free <= now:
+            seq, posted = snap
+            snap = None
+            start = max(planner_free, posted)
+            plan = link.plan(seq, publish=False)   # its time on the planner's clock
+            if plan is not None:
+                plan.planner_s = max(plan.planner_s - tare, 0.0)
+            if plan is not None:
+                planner_s.append(plan.planner_s)
+                planner_free = start + plan.planner_s
+                inflight.append((planner_free, plan))
+        while inflight and inflight[0][0] <= now:
+            link.ready = inflight.pop(0)[1]
+
+    ended: List[int] = []
     while ai < n_arr or pending:
         if not pending:
             advance(arrivals[ai][0])
             continue
-        t0 = time.perf_counter()
-        dec = policy.decide(now, pending.values())
-        spent = time.perf_counter() - t0
+        if link is not None:
+            pump()
+            # The worker's boundary: post what happened since the last one (the outcomes
+            # of the stage that ended, frames admitted, results published at their
+            # deadline), then look the plan up. All of it is charged.
+            t0 = clock()
+            for tid in gone:
+                link.removed(tid)
+            for tid in ended:
+                task = pending.get(tid)
+                if task is not None:
+                    link.stage_done(tid, task.stages_done, task.confidences[-1])
+            for task in fresh:
+                link.arrived(task)
+            dec = link.decide(now, pending, ended)
+            for tid, _ in dec.drop:
+                link.removed(tid)
+            for tid in dec.finish:
+                link.removed(tid)
+            if dec.run:
+                seq = link.stage_start(now, dec.run, pending[dec.run[0]].stages_done + 1)
+            spent = max(clock() - t0 - tare, 0.0)
+            link.boundary_time(spent)
+        else:
+            t0 = clock()
+            dec = policy.decide(now, pending.values())
+            spent = max(clock() - t0 - tare, 0.0)
+        gone.clear()
+        fresh.clear()
         decisions.append(spent)
         if charge_decisions:
             busy += spent
@@ -204,6 +330,10 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
             if tid in pending:
                 publish(pending[tid], now)
         run = [pending[t] for t in dec.run if t in pending]
+        if link is not None and dec.run:
+            snap = (seq, now)
+            pump()                                # a free planner starts at once
+        ended = []
         if run:
             stage = run[0].stages_done + 1
             lat = profile.latency[stage - 1]
@@ -218,6 +348,7 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
                     task.stages_done = stage
                     task.confidences.append(
                         float(trace.confidence[samples[task.task_id], stage - 1]))
+                    ended.append(task.task_id)
             continue
         if dec.drop or dec.finish:
             continue
@@ -230,4 +361,43 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
             break
         advance(min(nxt))
     span = max(now - first_arrival, 1e-9)
-    return SimResult(policy.name, results, decisions, busy, span)
+    mode = 'thread' if link is not None else ('inline' if charge_decisions else 'free')
+    return SimResult(policy.name, results, decisions, busy, span, mode, planner_s,
+                     link.stats if link is not None else None)
+
+
+def _clock_tare(clock, n: int = 200) -> float:
+    """What reading the clock twice costs (subtracted: it is the simulator's, not work)."""
+    samples = []
+    for _ in range(n):
+        t0 = clock()
+        samples.append(clock() - t0)
+    return float(np.median(samples))
+
+
+def _best_of(profile, trace, policy, best_of, streams, frames, seed, arrival,
+             charge_decisions, arrivals, samples, planner, decision_clock) -> SimResult:
+    """
+    The oracle: the best of its clairvoyant run and of the online policies it names.
+
+    The clairvoyant DP (exact correctness per exit) still plans on stage-time
+    percentiles over a receding horizon without knowing future arrivals, so an online
+    policy can beat it on some runs; the best of both, on the same arrivals, samples and
+    stage-time draws, is an upper bound of every policy it includes.
+    """
+    runs = []
+    for make in [None] + list(best_of):
+        pol = policy if make is None else make()
+        if make is None:
+            pol.best_of = None
+        try:
+            runs.append(simulate(profile, trace, pol, streams, frames, seed, arrival,
+                                 charge_decisions, arrivals, samples, planner,
+                                 decision_clock))
+        finally:
+            if make is None:
+                pol.best_of = best_of
+    best = max(runs, key=lambda r: r.summary()['accuracy'])
+    best.source = best.policy
+    best.policy = policy.name
+    return best

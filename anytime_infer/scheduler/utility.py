@@ -25,6 +25,7 @@ class Utility:
         self.cond = [[np.array(row, dtype=float) if row else None for row in per_k]
                      for per_k in profile.cond_accuracy]
         self.flat = flat
+        self._rows: dict = {}
 
     def _bin(self, k: int, conf: float) -> int:
         edges = self.edges[k - 1]
@@ -46,6 +47,30 @@ class Utility:
             out[lvl] = cond[lvl - 1][b]
         return out
 
+    def outcomes(self, task: Task, k: int):
+        """
+        Expected accuracy per depth for every outcome of exit ``k`` of ``task``.
+
+        Returns (bin edges of exit k's confidence, or None when the outcome does not
+        matter; matrix outcomes x (L + 1)). Row b is what ``expected`` returns once exit k
+        ran with a confidence in bin b: the planner evaluates every row before the exit
+        has run and looks the right one up when it has.
+        """
+        if self.flat or k < 1:
+            out = np.zeros((1, self.n + 1))
+            out[0, 1:] = self.mean
+            return None, out
+        rows = self._rows.get(k)
+        if rows is None:
+            cond = self.cond[k - 1]
+            nb = len(self.edges[k - 1]) - 1
+            rows = np.zeros((nb, self.n + 1))
+            rows[:, 1:k] = self.mean[:k - 1]
+            for lvl in range(k, self.n + 1):
+                rows[:, lvl] = cond[lvl - 1]
+            self._rows[k] = rows
+        return self.edges[k - 1], rows
+
 
 class OracleUtility:
     """Clairvoyant utility (simulation only): 1 where the exit is correct, else 0."""
@@ -60,3 +85,7 @@ class OracleUtility:
         correct: List[bool] = task.exit_correct or [False] * self.n
         out[1:] = np.array(correct[:self.n], dtype=float)
         return out
+
+    def outcomes(self, task: Task, k: int):
+        """The clairvoyant knows every outcome: one row."""
+        return None, self.expected(task)[None, :]

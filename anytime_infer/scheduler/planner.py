@@ -1,0 +1,767 @@
+"""
+Decisions off the worker's critical path: contingent plans made while a stage runs.
+
+The DP of ``imprecise_dp`` costs about as much as a stage of a small network on a fast
+accelerator. So the worker does not run it between stages. Instead:
+
+* **While a stage runs** a planner (a thread, or the simulator's model of one) takes the
+  state as it was when that stage started and computes a :class:`ContingentPlan`: for
+  every outcome of the running exit (its confidence bin, the only thing the utility reads
+  of it) the DP's plan once that stage has ended: the tasks it plans (the earliest-deadline
+  task and its window, in EDF order), their planned depths, and the mandatory block
+  reserved behind them. The DP is the same exact DP as ``ImpreciseDP.plan_depths``
+  (:func:`contingent_entry` evaluates it for all outcomes at once: one table query per
+  option of the task, an argmax over an outcomes x options matrix, and the slack fill and
+  backtrack once per distinct choice, not once per outcome).
+* **At the stage boundary** the worker only looks the plan up by the bin of the exit that
+  just ran, then checks cheap guards against what the plan could not know: frames that
+  arrived during the stage (their mandatory stages must still fit in the reserved block),
+  the planned tasks still pending, and the plan still meeting every deadline from the
+  real time now (a walk over at most ``horizon`` tasks). A plan older than this boundary
+  (the planner is slower than a stage) is used the same way: its targets are followed
+  open-loop until a newer plan arrives.
+* **When a guard fails** (or no plan exists yet) the worker takes a cheap safe action and
+  lets the planner replan from the next stage's start: drop mandatory stages that cannot
+  fit, run the earliest-deadline mandatory stage, else deepen the earliest-deadline task
+  whose next stage fits its deadline. It never runs the DP inline.
+
+API (single writer on each side; all the worker calls are O(1) or O(horizon)):
+
+Worker thread, which owns the tasks::
+
+    link = OffPathPlanner(policy)          # policy: an ImpreciseDP (imprecise_dp, oracle...)
+    link.arrived(task)                     # when a task is admitted
+    dec = link.decide(now, tasks_by_id)    # at every stage boundary: lookup + guards
+    ...apply dec.drop / dec.finish...
+    link.removed(task_id)                  # for each task published or dropped
+    link.stage_start(now, dec.run, stage)  # just before running dec.run's stage
+    ...run the stage...
+    link.stage_done(task_id, stage, conf)  # for each task of the batch, after the stage
+
+Planner thread::
+
+    while running:
+        seq = link.wait_for_stage(timeout)   # the newest stage start posted, or None
+        if seq is not None:
+            link.plan(seq)                   # snapshot up to that start, prepare, publish
+
+``link.plan`` replays the worker's events up to that stage start into its own copy of the
+tasks (the planner never reads the worker's tasks, so it cannot see a result the worker
+has not produced yet), calls ``policy.prepare(now, tasks, running_ids, stage)`` and hands
+the plan over by one reference assignment (atomic in CPython). The worker reads that
+reference at the next boundary. The event deque is the only other shared object
+(``deque.append``/``popleft`` are thread-safe). ``policy.times`` (StageTimes) is read by
+the planner and updated by the worker; a plan made just before a stage-time update uses
+the previous estimate, which the deadline guard then checks against the real clock.
+"""
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+import heapq
+import math
+import threading
+import time
+from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from anytime_infer.scheduler.dp import backtrack, best_level, INF, TaskOptions
+from anytime_infer.scheduler.task import Decision, INFEASIBLE, Task
+import numpy as np
+
+EPS = 1e-9
+
+
+@dataclass
+class Targets:
+    """One plan: the planned tasks in EDF order, their depths and the block behind them."""
+
+    order: Tuple[int, ...]
+    depth: Tuple[int, ...]
+    reserve: float = INF          # latest start of every mandatory stage still to run
+    block: int = 0                # how many there are
+    want: Dict[int, int] = field(default_factory=dict)   # depth by task id
+    last: float = -INF            # the latest deadline among them
+
+    def __post_init__(self) -> None:
+        if not self.want:
+            self.want = dict(zip(self.order, self.depth))
+
+
+@dataclass
+class Entry:
+    """The plans for every outcome of one exit: exit ``done`` of task ``task_id``."""
+
+    task_id: int
+    done: int
+    edges: Optional[Sequence[float]]    # None: the outcome does not change the plan
+    rows: List[Targets]
+
+    def row(self, conf: Optional[float]) -> Optional[Targets]:
+        """Return the plan for the exit's real confidence (None if it is not a number)."""
+        b = _bin(self.edges, conf)
+        return self.rows[b] if b >= 0 else None
+
+
+@dataclass
+class ContingentPlan:
+    """What the planner computed from the state at one stage start."""
+
+    seq: int                       # the stage start (snapshot) it saw
+    made_at: float                 # that stage start's time
+    entries: Dict[Tuple[int, int], Entry]
+    first: Optional[Tuple[int, int]]   # the entry of the running stage (None if idle)
+    edf: List[Tuple[float, int]]   # (deadline, id) of every task it knew, EDF order
+    cumt: List[float]              # planned time to reach depth d from depth 0
+    planner_s: float = 0.0         # wall time spent making it
+    # The DP's decision for a front task by (exit k, bin of exit k): deeper or not. The
+    # worker keeps the newest of each and uses it for a front no plan covers.
+    table: List[Tuple[int, Optional[Sequence[float]], int, bool]] = field(
+        default_factory=list)
+    merged: Optional[dict] = None  # all plans' tables so far (set by OffPathPlanner.plan)
+
+    def lookup(self, task_id: int, done: int, conf: Optional[float]) -> Optional[Targets]:
+        """The plan once exit ``done`` of ``task_id`` gave ``conf`` (None if not planned)."""
+        e = self.entries.get((task_id, done))
+        return None if e is None else e.row(conf)
+
+
+# -- planning (planner side) ----------------------------------------------------------------
+def _targets(depth: Dict[int, int], order: Sequence[Task], mandatory: Tuple[float, int]
+             ) -> Targets:
+    ids = tuple(depth)        # insertion order: the EDF order of ``order``
+    return Targets(ids, tuple(depth.values()), mandatory[0], mandatory[1], depth,
+                   mandatory[2])
+
+
+def _block(pol, tasks: Sequence[Task]) -> Tuple[float, int, float]:
+    """
+    Mandatory stages of ``tasks`` (EDF) back to back: latest start, count, last deadline.
+    """
+    p1 = pol.times.plan(1)
+    reserve, need, n, last = INF, 0.0, 0, -INF
+    for t in tasks:
+        if t.stages_done == 0:
+            need += p1
+            n += 1
+            reserve = min(reserve, t.deadline - need)
+            last = t.deadline
+    return reserve, n, last
+
+
+def _rep_conf(edges: Sequence[float], b: int) -> float:
+    """A confidence inside bin b (any value there gives the same utility)."""
+    return 0.5 * (edges[b] + min(edges[b + 1], 1.0))
+
+
+def static_targets(pol, start: float, tasks: Sequence[Task]) -> Targets:
+    """The DP's plan for the tasks as they are (no outcome pending)."""
+    _, chosen, _, _ = pol._prelude(start, tasks)
+    if not chosen:
+        return Targets((), ())
+    depth, rest, _ = pol.plan_depths(start, chosen)
+    return _targets(depth, chosen[:1 + len(rest)], _block(pol, chosen))
+
+
+def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> Entry:
+    """
+    The DP's plan at ``start`` for every outcome of exit ``k`` of the front task ``x``.
+
+    ``chosen``: the tasks planned (EDF, none to shed), ``x`` first, ``x.stages_done ==
+    k``. Exact: row b is what ``ImpreciseDP.plan_depths`` returns with x's confidence in
+    bin b. The suffix tables of the window after x are shared by all outcomes.
+    """
+    edges, mat = pol.utility.outcomes(x, k)
+    rest, rows, reserve = pol._window(chosen[1:])
+    mandatory = _block(pol, chosen[1:])
+    keys = [pol._key(t) for t in rest]
+    rest_opts = pol._cached_options(keys, rest)
+    n = pol.n
+    lo = max(k, 1)
+    depths = list(range(lo, n + 1))
+    times, acc = [], 0.0
+    for d in depths:
+        if d > k:
+            acc += pol.times.plan(d)
+        times.append(acc)
+    rew = x.weight * mat[:, depths]                       # outcomes x options
+    m = len(depths)
+    deadline = x.deadline
+    # The fast path of plan_depths (every task at its best depth fits) per outcome.
+    rest_best, clock, latest = [], 0.0, INF
+    for o in rest_opts:
+        r = o.rewards
+        i = max(range(len(r)), key=r.__getitem__)
+        rest_best.append(i)
+        clock += o.times[i]
+        if o.times[i] > 0:
+            latest = min(latest, o.deadline - clock)
+    latest = min(latest, reserve - clock)
+    best_i = rew.argmax(axis=1)
+    # The DP per option: one query of the cached suffix tables, shared by all outcomes.
+    after = rows[0].latest_start if rows else np.array([reserve])
+    level = np.full(m, -1, dtype=np.int64)
+    for o in range(m):
+        end = start + times[o]
+        if times[o] > 0 and end > deadline + EPS:
+            continue
+        level[o] = best_level(after, end)
+    feasible = level >= 0
+    if feasible.any():
+        q = np.rint(rew / pol.quantum).astype(np.int64)
+        total = np.where(feasible[None, :], q + level[None, :], np.iinfo(np.int64).min)
+        dp_o = total.argmax(axis=1)
+    else:
+        dp_o = None          # plan_depths' fallback: everyone at least depth
+    rl = rew.tolist()                     # Python floats: cheap to index in loops
+    bi = best_i.tolist()
+    do = dp_o.tolist() if dp_o is not None else None
+    groups: Dict[tuple, List[int]] = {}
+    for b in range(len(rl)):
+        i = bi[b]
+        c = times[i]
+        if (c <= 0 or start + c <= deadline) and start + c <= latest:
+            key = ('fast', i)
+        elif do is None:
+            key = ('none', 0)
+        else:
+            key = ('dp', do[b])
+        groups.setdefault(key, []).append(b)
+    out: List[Optional[Targets]] = [None] * len(rl)
+    order = [x] + rest
+    quantum = pol.quantum
+    for (path, o), bins in groups.items():
+        if path == 'fast':
+            picked = [o] + rest_best
+        elif path == 'dp':
+            picked = [o] + (backtrack(rows, int(level[o])) if rows else [])
+        else:
+            picked = [0] * (1 + len(rest))
+        front = TaskOptions(depths, rl[bins[0]], times, deadline)
+        finish, suffix = pol._slack_table(start, [front] + rest_opts, picked, reserve)
+        room0 = min(suffix[1], deadline - finish[0])
+        by_final: Dict[int, List[int]] = {}
+        for b in bins:
+            r = rl[b]
+            i, room = picked[0], room0
+            while i + 1 < m:
+                extra = times[i + 1] - times[i]
+                if r[i + 1] < r[i] - quantum or extra > room:
+                    break
+                i += 1
+                room -= extra
+            by_final.setdefault(i, []).append(b)
+        for final, bs in by_final.items():
+            p = list(picked)
+            front = TaskOptions(depths, rl[bs[0]], times, deadline)
+            pol._deepen([front] + rest_opts, p, finish, suffix)
+            depth = {x.task_id: depths[p[0]]}
+            for t, opt, i in zip(rest, rest_opts, p[1:]):
+                depth[t.task_id] = opt.depths[i]
+            tg = _targets(depth, order, mandatory)
+            for b in bs:
+                out[b] = tg
+    return Entry(x.task_id, k, edges, out)
+
+
+def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
+            seq: int = 0) -> ContingentPlan:
+    """
+    A contingent plan from the state at a stage start (see the module docstring).
+
+    ``tasks``: the pending tasks as they were when the stage of ``running`` (at
+    ``stage``) started at ``now``; they are not modified. The plan is for the boundary
+    at the end of that stage, assumed at its planned (high-percentile) time, and, while
+    the first running task stays the front and goes deeper, for each of its later
+    boundaries too (its plan after exit j depends on exit j's bin only: one entry per
+    exit, not one per path).
+    """
+    t0 = time.perf_counter()
+    times = pol.times
+    cumt = [0.0]
+    for d in range(1, pol.n + 1):
+        cumt.append(cumt[-1] + times.plan(d))
+    entries: Dict[Tuple[int, int], Entry] = {}
+    first = None
+    by_id = {t.task_id: t for t in tasks}
+    run = [by_id[i] for i in running if i in by_id]
+    if run:
+        start = now + times.plan(stage, len(run))
+        hyp: Dict[int, Task] = {}
+        for j, t in enumerate(run):
+            # The first task's outcome is enumerated; batch mates' outcomes are unknown
+            # (NaN: planned on mean accuracies) and their plan is followed open-loop.
+            h = Task(t.task_id, t.stream, t.arrival, t.deadline, t.num_stages, t.weight,
+                     t.stamp, stage, list(t.confidences) + [0.5 if j == 0 else math.nan])
+            hyp[t.task_id] = h
+        state = [hyp.get(t.task_id, t) for t in tasks]
+        x = hyp[run[0].task_id]
+        _, chosen, _, _ = pol._prelude(start, state)
+        first = (x.task_id, stage)
+        if chosen and chosen[0] is x:
+            entries[first] = contingent_entry(pol, start, chosen, x, stage)
+            k = stage
+            while k + 1 < min(pol.n, stage + pol.chain):   # x goes on: its next exits
+                k += 1
+                start += times.plan(k)
+                x = Task(x.task_id, x.stream, x.arrival, x.deadline, x.num_stages,
+                         x.weight, x.stamp, k, list(x.confidences) + [0.5])
+                chosen = [x] + chosen[1:]
+                entries[(x.task_id, k)] = contingent_entry(pol, start, chosen, x, k)
+        else:
+            # x is not the front once its stage ends: its outcome is not enumerated.
+            x.confidences[-1] = math.nan
+            entries[first] = Entry(x.task_id, stage, None,
+                                   [static_targets(pol, start, state)])
+    else:
+        entries[(-1, 0)] = Entry(-1, 0, None, [static_targets(pol, now, tasks)])
+        first = (-1, 0)
+    edf = sorted((t.deadline, t.task_id) for t in tasks)
+    plan = ContingentPlan(seq, now, entries, first, edf, cumt)
+    for (tid, k), e in entries.items():
+        for b, row in enumerate(e.rows):
+            if not row.order:
+                continue
+            f = row.order[0]
+            if f == tid:                 # the enumerated front: every bin
+                plan.table.append((k, e.edges, b, row.want[f] > k))
+            elif e.edges is None and f in by_id:   # the known front: its own bin
+                t = by_id[f]
+                if t.stages_done >= 1:
+                    ed, _ = pol.utility.outcomes(t, t.stages_done)
+                    plan.table.append((t.stages_done, ed, _bin(ed, t.last_confidence),
+                                       row.want[f] > t.stages_done))
+    plan.planner_s = time.perf_counter() - t0
+    return plan
+
+
+def _bin(edges: Optional[Sequence[float]], conf: Optional[float]) -> int:
+    """Bin of a confidence (0 where the outcome does not matter; -1 if not a number)."""
+    if edges is None:
+        return 0
+    if conf is None or not math.isfinite(conf):
+        return -1
+    return min(max(bisect_right(edges, conf) - 1, 0), len(edges) - 2)
+
+
+# -- the link between worker and planner ------------------------------------------------------
+@dataclass
+class BoundaryStats:
+    """What the worker did at its boundaries (counts)."""
+
+    boundaries: int = 0
+    exact: int = 0        # the plan for this very boundary and outcome was ready
+    stale: int = 0        # an older plan's targets were followed (guards held)
+    fallback: int = 0     # no plan, or a guard failed: the cheap safe action
+    plans: int = 0        # plans adopted
+    guard_failed: int = 0
+    extra: Dict[str, int] = field(default_factory=dict)
+
+
+class OffPathPlanner:
+    """
+    The worker's and the planner's ends of one policy (see the module docstring).
+
+    The worker calls ``arrived``/``removed``/``stage_start``/``stage_done``/``decide``;
+    the planner calls ``wait_for_stage``/``plan`` (or ``plan`` directly, as the
+    simulator does, with the sequence number ``stage_start`` returned).
+    """
+
+    def __init__(self, policy, clock=time.perf_counter) -> None:
+        self.policy = policy
+        self.clock = clock          # what the worker's and the planner's work is timed by
+        self.stats = BoundaryStats()
+        # worker -> planner
+        self._events: Deque[tuple] = deque()
+        self._seq = 0
+        self._posted = threading.Condition()
+        self._waiting = False
+        # planner -> worker (one reference, replaced whole)
+        self.ready: Optional[ContingentPlan] = None
+        # planner side
+        self._mirror: Dict[int, Task] = {}
+        self._planned_seq = 0
+        self._ptable: Dict[int, Tuple[Optional[Sequence[float]], Dict[int, bool]]] = {}
+        # worker side: EDF heaps with lazy deletion (a popped id that is gone is skipped)
+        self._plan: Optional[ContingentPlan] = None
+        self._targets: Optional[Targets] = None
+        self._all: List[Tuple[float, int]] = []        # every admitted task
+        self._mand: List[Tuple[float, int]] = []       # admitted, mandatory stage not run
+        self._arrivals: Deque[Tuple[int, float]] = deque()   # (seq, deadline) since plan
+        self._new_n = 0              # arrivals the adopted plan did not see
+        self._new_min = INF          # and their earliest deadline
+        self._new_last = -INF        # the latest one's deadline
+        self._new_sorted = True      # whether they arrived in deadline order
+        self._new_term = INF         # min over them of deadline - rank x p1
+        self._table: Dict[int, Tuple[Optional[Sequence[float]], Dict[int, bool]]] = {}
+
+    # -- worker side ------------------------------------------------------------------------
+    def arrived(self, task: Task) -> None:
+        """A task was admitted (before the next stage starts)."""
+        self._events.append(('a', task))
+        key = (task.deadline, task.task_id)
+        heapq.heappush(self._all, key)
+        heapq.heappush(self._mand, key)
+        self._arrivals.append((self._seq, task.deadline))
+        self._note_new(task.deadline)
+
+    def _note_new(self, deadline: float) -> None:
+        """Fold one frame the adopted plan did not see into the reserve terms (O(1))."""
+        self._new_n += 1
+        if deadline < self._new_last:
+            self._new_sorted = False
+        self._new_last = deadline
+        if deadline < self._new_min:
+            self._new_min = deadline
+        # In deadline order, the i-th new mandatory stage must end by its deadline:
+        # latest start of the new ones behind the planned block = min(dl_i - i p1).
+        term = deadline - self._new_n * self.policy.times.plan(1)
+        if term < self._new_term:
+            self._new_term = term
+
+    def removed(self, task_id: int) -> None:
+        """A task was published or dropped."""
+        self._events.append(('r', task_id))
+
+    def stage_done(self, task_id: int, stage: int, conf: float) -> None:
+        """Exit ``stage`` of a task gave ``conf``."""
+        self._events.append(('s', task_id, stage, conf))
+
+    def stage_start(self, now: float, run: Sequence[int], stage: int) -> int:
+        """A stage of ``run`` starts: a snapshot point for the planner; returns its number."""
+        self._seq += 1
+        self._events.append(('start', self._seq, now, tuple(run), stage))
+        if self._waiting:                 # a planner thread sleeps in wait_for_stage
+            with self._posted:
+                self._posted.notify()
+        return self._seq
+
+    def decide(self, now: float, tasks: Mapping[int, Task],
+               ended: Sequence[int] = ()) -> Decision:
+        """
+        The decision at a stage boundary: plan lookup, guards, or the cheap safe action.
+
+        ``tasks``: the pending tasks by id; ``ended``: the tasks of the stage that just
+        ended (first one first). O(log n) amortised plus O(horizon).
+        """
+        st = self.stats
+        st.boundaries += 1
+        pol = self.policy
+        plan = self.ready
+        exact = False
+        if plan is not self._plan:
+            self._adopt(plan, tasks)
+            plan = self._plan
+        if plan is not None and ended:
+            t = tasks.get(ended[0])
+            if t is not None:
+                e = plan.entries.get((t.task_id, t.stages_done))
+                if e is not None:
+                    tg = e.row(t.confidences[-1])
+                    if tg is not None:
+                        self._targets = tg
+                        exact = True
+        d = Decision()
+        p1 = pol.times.plan(1)
+        # Mandatory stages that can no longer finish even alone are dropped.
+        mand, limit = self._mand, now + p1
+        while mand:
+            dl, tid = mand[0]
+            t = tasks.get(tid)
+            if t is None or t.stages_done:
+                heapq.heappop(mand)
+            elif dl < limit:
+                heapq.heappop(mand)
+                d.drop.append((tid, INFEASIBLE))
+            else:
+                break
+        front = self._front(tasks)
+        ok = None
+        if front is None:
+            pass
+        elif front.stages_done == 0:
+            # The DP runs the earliest-deadline task's mandatory stage whatever its plan.
+            d.run = [front.task_id]
+            if pol.batching:
+                d.run += self._mandatory_mates(now, p1, front, tasks)
+        elif self._targets is not None and \
+                (ok := self._follow(now, self._targets, front, tasks, d)):
+            if exact:
+                st.exact += 1
+            else:
+                st.stale += 1
+        else:
+            if ok is False:
+                st.guard_failed += 1     # the plan stays: its guards are checked anew
+            st.fallback += 1
+            d.run = []
+            self._fallback(now, self._front(tasks), tasks, d, ok is None)
+        return d
+
+    def boundary_time(self, seconds: float) -> None:
+        """
+        Tell the policy what one boundary cost the worker (lookup, guards, posting).
+
+        Plans leave room for it at every stage (``StageTimes.set_overhead``). The caller
+        times the boundary as a whole (the executor by its clock, the simulator by the
+        thread's CPU time), so ``decide`` itself reads no clock.
+        """
+        self.policy._note_decision_time(seconds)
+
+    def _adopt(self, plan: Optional[ContingentPlan], tasks: Mapping[int, Task]) -> None:
+        self._plan = plan
+        if plan is None:
+            return
+        self.stats.plans += 1
+        arr = self._arrivals
+        while arr and arr[0][0] < plan.seq:
+            arr.popleft()
+        self._new_n, self._new_min, self._new_last = 0, INF, -INF
+        self._new_sorted, self._new_term = True, INF
+        for _, dl in arr:
+            self._note_new(dl)
+        self._targets = None
+        if plan.merged is not None:
+            self._table = plan.merged
+        # The newest entry whose exit has run (its confidence is known).
+        for (tid, done), e in plan.entries.items():
+            if tid < 0:
+                self._targets = e.rows[0]
+                continue
+            t = tasks.get(tid)
+            if t is not None and t.stages_done >= done:
+                tg = e.row(t.confidences[done - 1])
+                if tg is not None:
+                    self._targets = tg
+
+    def _front(self, tasks: Mapping[int, Task]) -> Optional[Task]:
+        """The earliest-deadline pending task (gone ones are popped)."""
+        heap = self._all
+        while heap:
+            t = tasks.get(heap[0][1])
+            if t is not None:
+                return t
+            heapq.heappop(heap)
+        return None
+
+    def _mandatory_mates(self, now: float, p1: float, first: Task,
+                         tasks: Mapping[int, Task]) -> List[int]:
+        """Other mandatory stages batched with ``first`` (as the lazy DP batches them)."""
+        pol = self.policy
+        cands = []
+        for dl, tid in heapq.nsmallest(pol.max_batch, self._mand):
+            t = tasks.get(tid)
+            if t is not None and t is not first and not t.stages_done:
+                cands.append(t)
+        if not cands:
+            return []
+        # Slack of the mandatory stages back to back from now (those considered).
+        clock, slack = now, INF
+        for t in [first] + cands:
+            clock += p1
+            slack = min(slack, t.deadline - clock)
+        alone = pol.times.plan(1, 1)
+        while cands:
+            b = len(cands) + 1
+            batched = pol.times.plan(1, b)
+            if batched < alone * b and batched - alone <= slack:
+                return [t.task_id for t in cands]
+            cands.pop()
+        return []
+
+    def _follow(self, now: float, tg: Targets, front: Task, tasks: Mapping[int, Task],
+                d: Decision) -> Optional[bool]:
+        """
+        Follow the plan for the front task: deeper if planned and every mandatory stage
+        still to run fits behind that stage; published if the plan stops it there.
+
+        The mandatory stages are those the plan knew (``tg.reserve``: their latest start
+        back to back) and every frame that arrived since its snapshot, appended to them
+        (a conservative reserve, kept in O(1) by ``arrived``). A fresh plan passes this
+        guard by construction (the DP reserved them); a stale one is followed while it
+        holds. Returns False when a guard fails, None when the plan does not cover
+        the front.
+        """
+        times = self.policy.times
+        want = tg.want
+        while front is not None:
+            w = want.get(front.task_id)
+            if w is None:
+                return None
+            if w > front.stages_done and not front.complete:
+                break
+            d.finish.append(front.task_id)          # the plan stops it here
+            heapq.heappop(self._all)
+            front = self._front(tasks)
+            if front is not None and front.stages_done == 0:
+                d.run = [front.task_id]             # the next one's mandatory stage
+                return True
+        if front is None:
+            return True
+        reserve = self._reserve(tg)
+        stage = front.stages_done + 1
+        end = now + times.plan(stage)
+        if end > front.deadline + EPS or end > reserve + EPS:
+            return False
+        d.run = [front.task_id]
+        d.planned_depth = want
+        if self.policy.batching:
+            runnable = [front] + [t for t in (tasks.get(i) for i in tg.order)
+                                  if t is not None and t is not front and
+                                  want[t.task_id] > t.stages_done]
+            d.run += self._mates(front, runnable, min(reserve, front.deadline) - end)
+        return True
+
+    def _reserve(self, tg: Targets) -> float:
+        """
+        Latest start of the plan's mandatory stages and those of the frames that arrived
+        since its snapshot, back to back (O(1), conservative).
+
+        New frames whose deadlines all come after the plan's last mandatory one are
+        appended behind it (the usual case: a camera's newest frame has its latest
+        deadline); otherwise each one is counted ahead of every planned one.
+        """
+        n = self._new_n
+        if not n:
+            return tg.reserve
+        p1 = self.policy.times.plan(1)
+        if self._new_sorted and self._new_min >= tg.last:
+            return min(tg.reserve, self._new_term - p1 * tg.block)
+        return min(tg.reserve, self._new_min - p1 * tg.block) - p1 * n
+
+    def _mates(self, first: Task, runnable: List[Task], slack: float) -> List[int]:
+        """Batch mates as ``ImpreciseDP._batch_mates`` chooses them (same stage, fits)."""
+        pol = self.policy
+        stage = first.stages_done + 1
+        mates = [t for t in runnable[1:] if t.stages_done + 1 == stage][:pol.max_batch - 1]
+        if not mates:
+            return []
+        alone = pol.times.plan(stage, 1)
+        while mates:
+            b = len(mates) + 1
+            batched = pol.times.plan(stage, b)
+            if batched < alone * b and batched - alone <= slack:
+                return [t.task_id for t in mates]
+            mates.pop()
+        return []
+
+    def _first_mandatory(self, tasks: Mapping[int, Task]) -> Optional[Task]:
+        """The earliest-deadline task whose mandatory stage has not run (none: None)."""
+        mand = self._mand
+        while mand:
+            t = tasks.get(mand[0][1])
+            if t is not None and not t.stages_done:
+                return t
+            heapq.heappop(mand)
+        return None
+
+    def _fallback(self, now: float, front: Optional[Task], tasks: Mapping[int, Task],
+                  d: Decision, uncovered: bool = True) -> None:
+        """
+        The cheap safe action when no plan covers the front (or a guard failed).
+
+        For a front no plan covers, the DP's most recent decision for a front task at the
+        same exit and confidence bin (the plans' ``table``) says whether it goes deeper;
+        it does if that is so and its next stage leaves room for every mandatory stage
+        waiting (counted back to back from the earliest deadline), else it is published
+        now. Otherwise the earliest-deadline mandatory stage runs (the front keeps its
+        result), and with none waiting the front goes one stage deeper if that fits its
+        deadline. The planner replans from the next stage's start.
+        """
+        plan = self.policy.times.plan
+        while uncovered and front is not None and front.stages_done >= 1:
+            k = front.stages_done
+            cell = self._table.get(k)
+            deeper = None
+            if cell is not None:
+                deeper = cell[1].get(_bin(cell[0], front.last_confidence))
+            if deeper is None:
+                break
+            end = now + plan(k + 1) if not front.complete else INF
+            if deeper and end <= front.deadline and end <= self._mandatory_latest(tasks):
+                d.run = [front.task_id]
+                return
+            if deeper and end <= front.deadline:
+                break                      # mandatory stages first; the front waits
+            d.finish.append(front.task_id)   # the DP would publish it here
+            heapq.heappop(self._all)
+            front = self._front(tasks)
+            if front is not None and front.stages_done == 0:
+                d.run = [front.task_id]
+                return
+        t = self._first_mandatory(tasks)
+        if t is not None:
+            d.run = [t.task_id]
+            return
+        while front is not None:
+            if not front.complete and now + plan(front.stages_done + 1) <= front.deadline:
+                d.run = [front.task_id]
+                return
+            d.finish.append(front.task_id)
+            heapq.heappop(self._all)
+            front = self._front(tasks)
+
+    def _mandatory_latest(self, tasks: Mapping[int, Task], scan: int = 16) -> float:
+        """Latest start of the waiting mandatory stages back to back (the first ``scan``)."""
+        p1 = self.policy.times.plan(1)
+        latest, need = INF, 0.0
+        for dl, tid in heapq.nsmallest(scan, self._mand):
+            t = tasks.get(tid)
+            if t is not None and not t.stages_done:
+                need += p1
+                latest = min(latest, dl - need)
+        return latest
+
+    # -- planner side -----------------------------------------------------------------------
+    def wait_for_stage(self, timeout: float) -> Optional[int]:
+        """Block until a stage start newer than the last one planned; return its number."""
+        with self._posted:
+            self._waiting = True
+            if self._seq <= self._planned_seq:
+                self._posted.wait(timeout)
+            return self._seq if self._seq > self._planned_seq else None
+
+    def plan(self, seq: int, publish: bool = True) -> Optional[ContingentPlan]:
+        """
+        Replay events up to stage start ``seq``, prepare a plan and hand it over.
+
+        ``publish=False`` only returns it (the simulator hands it over at the simulated
+        time the planner would have finished it).
+        """
+        start = None
+        mirror = self._mirror
+        while self._events:
+            ev = self._events.popleft()
+            kind = ev[0]
+            if kind == 'a':
+                # The planner's own copy, made here: the worker only posts the reference
+                # (a task is admitted before its first stage: nothing of it has changed).
+                t = ev[1]
+                mirror[t.task_id] = Task(t.task_id, t.stream, t.arrival, t.deadline,
+                                         t.num_stages, t.weight, t.stamp)
+            elif kind == 's':
+                t = mirror.get(ev[1])
+                if t is not None:
+                    t.stages_done = ev[2]
+                    t.confidences.append(ev[3])
+            elif kind == 'r':
+                mirror.pop(ev[1], None)
+            elif ev[1] == seq:
+                start = ev
+                break
+        if start is None:
+            return None
+        self._planned_seq = seq
+        _, _, now, run, stage = start
+        t0 = self.clock()
+        plan = self.policy.prepare(now, list(mirror.values()), run, stage, seq=seq)
+        # The newest DP decision per (exit, bin), merged here, off the worker's path.
+        table = dict(self._ptable)
+        for k, edges, b, deeper in plan.table:
+            cell = table.get(k)
+            cells = dict(cell[1]) if cell is not None and cell[0] is edges else {}
+            cells[b] = deeper
+            table[k] = (edges, cells)
+        self._ptable = plan.merged = table
+        plan.planner_s = self.clock() - t0
+        if publish:
+            self.ready = plan
+        return plan
