@@ -106,7 +106,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                      seed=args.seed, arrival=args.arrival, percentile=args.percentile,
                      adapt=not args.no_adapt, batching=not args.no_batching,
                      charge_decisions=not args.no_charge_decisions,
-                     weights=_floats(args.weights), rate_ratios=_floats(args.rate_ratios))
+                     weights=_floats(args.weights), rate_ratios=_floats(args.rate_ratios),
+                     planner=args.planner, decision_clock=args.decision_clock)
     if args.json:
         print_json(out)
     else:
@@ -149,6 +150,13 @@ def _add_simulate(sub) -> None:
                    'where the calibrated batch latency is cheaper)')
     p.add_argument('--no-charge-decisions', action='store_true',
                    help="do not charge the policy's own decision time to the worker")
+    p.add_argument('--planner', default='thread', choices=['thread', 'inline'],
+                   help='DP policies: plan on a planner thread while stages run, the worker '
+                   'looks the plan up at each boundary (thread), or decide at the boundary '
+                   '(inline, one core); every policy is charged what its worker waits for')
+    p.add_argument('--decision-clock', default='cpu', choices=['cpu', 'wall'],
+                   help='time decisions by the thread CPU time (a core of its own; default) '
+                   'or by wall time (a shared machine preempts them)')
     p.add_argument('--weights', help='per-camera weights, comma-separated')
     p.add_argument('--rate-ratios', help='per-camera relative frame rates, comma-separated')
     p.add_argument('--json', action='store_true', help='print one JSON object')

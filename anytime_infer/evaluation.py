@@ -66,13 +66,14 @@ def run_policy(src: Source, policy: str, load: float, depth: Optional[int] = Non
                seed: int = 0, arrival: str = 'periodic', percentile: int = 95,
                adapt: bool = True, batching: bool = True, charge_decisions: bool = True,
                weights: Optional[List[float]] = None,
-               rate_ratios: Optional[List[float]] = None) -> Dict:
+               rate_ratios: Optional[List[float]] = None, planner: str = 'thread',
+               decision_clock: str = 'cpu') -> Dict:
     """Simulate one policy at one load; return the summary dict (JSON-ready)."""
     times = StageTimes(src.profile, percentile=percentile, adapt=adapt)
     pol = make_policy(policy, src.profile, depth=depth, times=times, batching=batching)
     streams = make_streams(src.profile, load, cameras, deadline_periods, weights, rate_ratios)
     res = simulate(src.profile, src.trace, pol, streams, frames, seed, arrival,
-                   charge_decisions)
+                   charge_decisions, planner=planner, decision_clock=decision_clock)
     out = res.summary()
     out.update(policy=pol.name, load=load, model=src.name, cameras=cameras,
                deadline_periods=deadline_periods, seed=seed, arrival=arrival,
