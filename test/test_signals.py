@@ -130,8 +130,14 @@ def test_stop_signal_answers_every_received_frame_and_exits_0(ros, repo_root, tm
         assert len(answers) > received_before, 'no frame was in flight at the signal'
 
 
-def test_sigint_inherited_as_ignored_stays_ignored_sigterm_stops(repo_root, tmp_path):
-    """A shell's background job keeps SIGINT ignored (Ctrl-C spares it); SIGTERM stops it."""
+
+def test_sigint_inherited_as_ignored_still_stops_the_node(repo_root, tmp_path):
+    """
+    Started with SIGINT ignored (a script's background job, nohup), SIGINT still stops it.
+
+    As with rclpy's own handlers: launch or a test harness running in such a context sends
+    SIGINT and expects a clean exit.
+    """
     import subprocess
     from ros_user import NODE
     log = tmp_path / 'node.log'
@@ -148,10 +154,7 @@ def test_sigint_inherited_as_ignored_stays_ignored_sigterm_stops(repo_root, tmp_
             time.sleep(0.1)
         assert 'active' in read_log(log), read_log(log)[-2000:]
         signal_node(proc, signal.SIGINT, group=True, twice=True)
-        time.sleep(1.0)
-        assert proc.poll() is None, 'an inherited SIG_IGN for SIGINT was overridden'
-        signal_node(proc, signal.SIGTERM, group=False, twice=False)
         assert proc.wait(EXIT_BOUND_S) == 0, read_log(log)[-2000:]
     finally:
         kill_group(proc)
-    assert 'Traceback' not in read_log(log) and 'SIGTERM: stopping' in read_log(log)
+    assert 'Traceback' not in read_log(log) and 'SIGINT: stopping' in read_log(log)

@@ -48,13 +48,13 @@ def install_stop_handlers(stop: StopRequest) -> bool:
     """
     Route SIGINT and SIGTERM to ``stop``; False where not possible (not the main thread).
 
-    A signal inherited as ignored stays ignored, as Python itself does for SIGINT: a
-    shell starts background jobs with SIGINT ignored so that Ctrl-C spares them.
+    Also where a signal was inherited as ignored (a background job of a script, a test run
+    under ``nohup``), as rclpy's own handlers do: whoever sends the node SIGINT (launch, a
+    supervisor, a test) means it to stop.
     """
     try:
         for signum in STOP_SIGNALS:
-            if signal.getsignal(signum) != signal.SIG_IGN:
-                signal.signal(signum, stop)
+            signal.signal(signum, stop)
     except ValueError:
         return False
     return True
