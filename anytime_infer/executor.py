@@ -138,8 +138,10 @@ class StageTimer:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == 'cuda'
         self.seconds = 0.0
+        self.cpu_seconds = 0.0      # this thread's CPU time in the stage (overhead figures)
 
     def __enter__(self) -> 'StageTimer':
+        self._c0 = time.thread_time()
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
@@ -155,6 +157,7 @@ class StageTimer:
             self.seconds = self._start.elapsed_time(self._end) / 1000.0
         else:
             self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.thread_time() - self._c0
 
 
 class Executor:
@@ -212,8 +215,10 @@ class Executor:
         self._fail_streak: Dict[int, int] = dict.fromkeys(range(1, n + 1), 0)
         self._last_failure: Dict[int, float] = {}
         self._fail_logged: Dict[int, float] = {}
-        # Per busy worker cycle: (busy seconds, seconds inside the stage itself).
-        self._cycles: Deque[Tuple[float, float]] = deque(maxlen=4000)
+        # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
+        # time, the same in the worker thread's CPU time, then the wall time admitting
+        # frames and deciding (publishing due results, the policy, drops and finishes).
+        self._cycles: Deque[Tuple[float, ...]] = deque(maxlen=4000)
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -317,19 +322,35 @@ class Executor:
         the exit softmax and copy back, and the outcome callbacks (publishing); idle
         waits are not counted. ``overhead_ms_p50``/``_p99``: per cycle that ran a stage,
         busy time minus the stage's own time; ``overhead_share``: all overhead over all
-        busy time; both over the last 4000 cycles.
+        busy time, over the last 4000 cycles. Wall time, so on a busy machine it includes
+        the worker's time preempted or waiting for the GIL; ``overhead_cpu_share`` is the
+        same share in the worker thread's CPU time (what the worker itself spends).
+        Where the overhead goes, as shares of busy wall time: ``admit_share`` (frames to
+        tensors), ``decide_share`` (results due, the policy, drops and finishes) and
+        ``dispatch_share`` (the rest: batching, exit softmax and copy, outcomes).
         """
         with self._health_lock:
             cycles = list(self._cycles)
-        per_stage = [b - s for b, s in cycles if s > 0]
-        busy = sum(b for b, _ in cycles)
-        inside = sum(s for _, s in cycles)
+        per_stage = [c[0] - c[1] for c in cycles if c[1] > 0]
+        busy = sum(c[0] for c in cycles)
+        inside = sum(c[1] for c in cycles)
+        busy_cpu = sum(c[2] for c in cycles)
+        inside_cpu = sum(c[3] for c in cycles)
+        admit = sum(c[4] for c in cycles)
+        decide = sum(c[5] for c in cycles)
         dec = list(self.decision_s)[-4000:]
+
+        def share(x: float) -> float:
+            return x / busy if busy > 0 else 0.0
         return {
             'overhead_ms_p50': 1000 * float(np.median(per_stage)) if per_stage else 0.0,
             'overhead_ms_p99': 1000 * float(np.percentile(per_stage, 99)) if per_stage
             else 0.0,
-            'overhead_share': (busy - inside) / busy if busy > 0 else 0.0,
+            'overhead_share': share(busy - inside),
+            'admit_share': share(admit),
+            'decide_share': share(decide),
+            'dispatch_share': share(busy - inside - admit - decide),
+            'overhead_cpu_share': (busy_cpu - inside_cpu) / busy_cpu if busy_cpu > 0 else 0.0,
             'decision_ms_p50': 1000 * float(np.median(dec)) if dec else 0.0,
             'busy_cycles': float(len(cycles)),
         }
@@ -411,16 +432,49 @@ class Executor:
         return make_policy(name, self._plan_profile, depth=depth, times=self.times,
                            batching=self._batching)
 
-    def _admit(self, jobs: List[FrameJob]) -> None:
-        for job in jobs:
-            if self._closed or self.max_depth == 0:
-                reason = SHUTDOWN if self._closed else ERROR
-                self._emit(FrameOutcome(job, DROPPED, reason, [], self.clock()))
-                continue
+    def _inputs(self, jobs: List[FrameJob]) -> List[Optional[torch.Tensor]]:
+        """
+        Convert the jobs' crops to normalised device tensors (None for a job that fails).
+
+        Jobs whose crops have the same shape are converted together (one conversion and
+        one copy instead of one per frame: at hundreds of frames per second the
+        per-frame conversion was the larger part of the worker's overhead); a group that
+        fails is converted again frame by frame so that only a bad frame fails.
+        """
+        out: List[Optional[torch.Tensor]] = [None] * len(jobs)
+        groups: Dict[tuple, List[int]] = {}
+        for i, job in enumerate(jobs):
+            a = job.inputs
+            key = (a.shape[1:], a.dtype.str) if isinstance(a, np.ndarray) else (i,)
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
             try:
-                x = to_tensor_batch(job.inputs, self.pre).to(self.device, non_blocking=True)
-            except Exception as e:  # noqa: B902 - a bad job ends as an error, not the worker
-                log.error('cannot prepare frame %d: %s', job.frame_id, e)
+                arrays = [jobs[i].inputs for i in idx]
+                x = to_tensor_batch(arrays[0] if len(idx) == 1 else np.concatenate(arrays),
+                                    self.pre).to(self.device, non_blocking=True)
+                at = 0
+                for i in idx:
+                    n = len(jobs[i].inputs)
+                    out[i] = x[at:at + n]
+                    at += n
+                continue
+            except Exception:  # noqa: B902 - retried frame by frame below
+                pass
+            for i in idx:
+                try:
+                    out[i] = to_tensor_batch(jobs[i].inputs, self.pre).to(self.device)
+                except Exception as e:  # noqa: B902 - a bad job ends as an error
+                    log.error('cannot prepare frame %d: %s', jobs[i].frame_id, e)
+        return out
+
+    def _admit(self, jobs: List[FrameJob]) -> None:
+        if self._closed or self.max_depth == 0:
+            reason = SHUTDOWN if self._closed else ERROR
+            for job in jobs:
+                self._emit(FrameOutcome(job, DROPPED, reason, [], self.clock()))
+            return
+        for job, x in zip(jobs, self._inputs(jobs)):
+            if x is None or len(x) == 0:
                 self._emit(FrameOutcome(job, DROPPED, ERROR, [], self.clock()))
                 continue
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
@@ -459,17 +513,20 @@ class Executor:
             jobs = self._take_jobs(gen)
             if jobs is None:
                 return
-            t0 = time.perf_counter()
-            inside, wait = 0.0, None
+            t0, c0 = time.perf_counter(), time.thread_time()
+            inside, inside_cpu, wait = 0.0, 0.0, None
+            t_admit = t_decide = t0
             worked = bool(jobs or self._tasks)
             try:
                 if jobs:
                     with self._lock:
                         self._admit(jobs)
+                t_admit = t_decide = time.perf_counter()
                 if self._tasks:
                     run, wait = self._decide()
+                    t_decide = time.perf_counter()
                     if run:
-                        inside = self._run_stage(run)
+                        inside, inside_cpu = self._run_stage(run)
             except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
                 log.exception('scheduler step failed; dropping the tasks in flight')
                 with self._lock:
@@ -478,7 +535,9 @@ class Executor:
                         self._drop(tid, ERROR, now)
             if worked:
                 with self._health_lock:
-                    self._cycles.append((time.perf_counter() - t0, inside))
+                    self._cycles.append((time.perf_counter() - t0, inside,
+                                         time.thread_time() - c0, inside_cpu,
+                                         t_admit - t0, t_decide - t_admit))
             if wait is not None:
                 self._idle(wait)
 
@@ -547,18 +606,18 @@ class Executor:
             time.sleep(min(max(nxt - now, 0.0002), 0.005))
 
     @torch.inference_mode()
-    def _run_stage(self, tids: List[int]) -> float:
-        """Run one stage on a batch of tasks; return the seconds spent inside the stage."""
+    def _run_stage(self, tids: List[int]) -> Tuple[float, float]:
+        """Run one stage on a batch of tasks; return the seconds inside it (wall, CPU)."""
         with self._lock:
             tids = [t for t in tids if t in self._tasks]   # the watcher may have published
             if not tids:
-                return 0.0
+                return 0.0, 0.0
             stage = self._tasks[tids[0]].stages_done + 1
             if stage > self.max_depth:      # disabled since the decision
                 now = self.clock()
                 for t in tids:
                     self._end_failed(t, now)
-                return 0.0
+                return 0.0, 0.0
             shape = self._state[tids[0]].shape
             tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
             inputs = [self._state[t] for t in tids]
@@ -584,7 +643,7 @@ class Executor:
                 for t in tids:
                     if t in self._tasks:
                         self._end_failed(t, now)
-            return timer.seconds or (time.perf_counter() - t0)
+            return timer.seconds or (time.perf_counter() - t0), timer.cpu_seconds
         self.stage_s.append(timer.seconds)
         self.times.observe(stage, len(tids), max(dispatch, timer.seconds), time.monotonic())
         bad = int(len(finite) - finite.sum())
@@ -609,7 +668,7 @@ class Executor:
                 now = self.clock()
                 if task.complete or now >= task.deadline - self.publish_margin:
                     self._finish(tid, now)     # done, or due: publish what it has now
-        return timer.seconds
+        return timer.seconds, timer.cpu_seconds
 
     # -- faults ---------------------------------------------------------------------------
     def _stage_ran(self, stage: int, batch: int, seconds: float, failed: bool,

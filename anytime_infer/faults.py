@@ -41,6 +41,7 @@ class FaultyStages:
         self.real = net.run_stage
         self.fault = Fault()
         self.runs: Dict[int, int] = {}
+        self.durations: List[Tuple[float, int, float]] = []   # (end, stage, seconds) wall
         net.run_stage = self.run_stage
 
     def set_fault(self, fault: Optional[Fault]) -> None:
@@ -60,6 +61,7 @@ class FaultyStages:
             raise torch.cuda.OutOfMemoryError('injected: CUDA out of memory')
         if hit and f.raise_error:
             raise RuntimeError(f'injected failure of stage {k}')
+        w0 = time.monotonic()
         t0 = time.thread_time()
         state, logits = self.real(k, state)
         if hit:
@@ -73,6 +75,8 @@ class FaultyStages:
             if f.nan:
                 state = state * float('nan')
                 logits = logits * float('nan')
+        end = time.monotonic()
+        self.durations.append((end, k, end - w0))
         return state, logits
 
 
@@ -134,6 +138,10 @@ def drive(ex, images: np.ndarray, rate_hz: float, deadline_s: float,
             i += 1
             t += 1.0 / rate_hz
     faults.set_fault(None)
+    # Let the last frames end on their own (at their deadlines), not at stop().
+    end = ex.clock() + deadline_s + 0.05
+    while ex.pending() and ex.clock() < end:
+        time.sleep(0.005)
     return t0
 
 
@@ -154,45 +162,48 @@ def window(outcomes: Sequence, start: float, end: float) -> Dict:
 
 
 def recovery_time(outcomes: Sequence, after: float, target: Dict, span: float = 0.5,
-                  tol: float = 0.1, horizon: float = 6.0) -> float:
+                  horizon: float = 6.0, depth_tol: float = 0.5, share: float = 0.9) -> float:
     """
-    Seconds after ``after`` until sliding windows of ``span`` s hold the target again.
+    Seconds after ``after`` until a window of ``span`` s is back at the ``target`` level.
 
-    Held: on-time share and mean depth within ``tol`` (relative) of ``target``'s, from
-    that window to the end of ``horizon``. Returns inf when they never do.
+    Back: on-time share at least ``share`` of the target's, mean depth at most ``depth_tol``
+    below it (the machine running this is shared: the level itself varies that much).
+    Windows start every ``span`` / 5; inf when none is back within ``horizon``.
     """
-    steps = np.arange(after, after + horizon - span + 1e-9, span / 5)
-    ok = []
-    for s in steps:
+    for s in np.arange(after, after + horizon - span + 1e-9, span / 5):
         w = window(outcomes, s, s + span)
-        ok.append(w['frames'] > 0 and w['on_time'] >= target['on_time'] * (1 - tol)
-                  and w['depth'] >= target['depth'] * (1 - tol))
-    for j in range(len(steps)):
-        if all(ok[j:]):
-            return float(steps[j] - after)
+        if w['frames'] and w['on_time'] >= share * target['on_time'] \
+                and w['depth'] >= target['depth'] - depth_tol:
+            return float(s - after)
     return float('inf')
 
 
 def _stall_run(images, rate: float, stall_s: float, deadline_s: float, log) -> Dict:
     ex, outcomes = make_executor()
     faults = FaultyStages(ex.net)
+    plans: List[Tuple[float, float]] = []
     ex.start()
     pre, post = 2.0, 4.0
     try:
         drive(ex, images, rate, deadline_s,
-              [(pre, None), (stall_s, Fault(delay_s=0.060)), (post, None)], faults)
+              [(pre, None), (stall_s, Fault(delay_s=0.060)), (post, None)], faults,
+              probe=lambda t: plans.append((t, ex.times.plan(1))))
     finally:
         ex.stop()
+    base = float(np.median([p for t, p in plans if 0.5 <= t < pre]))
+    forgot = next((t - pre - stall_s for t, p in plans
+                   if t >= pre + stall_s and p <= 2 * base), np.inf)
     before = window(outcomes, 0.5, pre)
     during = window(outcomes, pre, pre + stall_s)
     after = window(outcomes, pre + stall_s + 2.0, pre + stall_s + post)
     rec = recovery_time(outcomes, pre + stall_s, before, horizon=post)
     log(f'{rate:6.0f} Hz  stall {stall_s:4.1f} s | before: on time {before["on_time"]:.3f} '
         f'depth {before["depth"]:.2f} | during: on time {during["on_time"]:.3f} late '
-        f'{during["late"]:.3f} | 2-4 s after: on time {after["on_time"]:.3f} depth '
-        f'{after["depth"]:.2f} | recovered after {rec:.2f} s')
+        f'{during["late"]:.3f} | stage-1 plan back after {forgot:.2f} s, answers back after '
+        f'{rec:.2f} s | 2-4 s after: on time {after["on_time"]:.3f} depth '
+        f'{after["depth"]:.2f}')
     return {'rate_hz': rate, 'stall_s': stall_s, 'before': before, 'during': during,
-            'after': after, 'recovery_s': rec}
+            'after': after, 'recovery_s': rec, 'plan_back_s': forgot}
 
 
 def _throttle_run(images, rate: float, deadline_s: float, log) -> Dict:
@@ -207,13 +218,16 @@ def _throttle_run(images, rate: float, deadline_s: float, log) -> Dict:
     ex.start()
     pre, hot, post = 2.0, 4.0, 3.0
     try:
-        drive(ex, images, rate, deadline_s,
-              [(pre, None), (hot, Fault(factor=10.0)), (post, None)], faults, probe=probe)
+        t0 = drive(ex, images, rate, deadline_s,
+                   [(pre, None), (hot, Fault(factor=10.0)), (post, None)], faults,
+                   probe=probe)    # the executor's clock is time.monotonic, as faults'
     finally:
         ex.stop()
-    # Adapted: the stage-1 plan covers the stage-1 time measured under throttling.
-    hot_time = float(np.median([m for t, _, m, _ in series if pre + 0.5 <= t < pre + hot]))
-    adapted = next((t - pre for t, p, _, _ in series if t >= pre and p >= hot_time), np.inf)
+    # Adapted: the stage-1 plan covers 90 % of the stage-1 runs under throttling.
+    hot_runs = [d for end, k, d in faults.durations
+                if k == 1 and pre + 0.5 <= end - t0 < pre + hot]
+    hot_p90 = float(np.percentile(hot_runs, 90)) if hot_runs else np.inf
+    adapted = next((t - pre for t, p, _, _ in series if t >= pre and p >= hot_p90), np.inf)
     detected = next((t - pre for t, _, _, s in series if t >= pre and s), np.inf)
     cleared = next((t - pre - hot for t, _, _, s in series if t >= pre + hot and not s),
                    np.inf)
