@@ -545,20 +545,23 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
                 f'sent {x["sent"]:8d}')
             return x
         sample('run')
-        k = 1
+        k, died = 1, None
         while True:
             due = t0 + k * cfg.interval_s
             if due > t0 + cfg.duration_s + 1e-6:
                 break
             time.sleep(max(0.0, due - time.monotonic()))
-            if node.poll() is not None:
-                raise RuntimeError(f'the node exited with {node.returncode} during the soak')
+            if node.poll() is not None:   # keep what was sampled: the report says so
+                died = f'exited with {node.returncode} at t={time.monotonic() - t0:.0f} s'
+                log(f'soak: the node {died}')
+                break
             sample('run')
             k += 1
-        time.sleep(max(0.0, t0 + cfg.duration_s - time.monotonic()))
-        player.close()
-        time.sleep(cfg.settle_s)
-        sample('settle')
+        if died is None:
+            time.sleep(max(0.0, t0 + cfg.duration_s - time.monotonic()))
+            player.close()
+            time.sleep(cfg.settle_s)
+            sample('settle')
     finally:
         if player is not None:
             player.close()
@@ -570,6 +573,9 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
                 'profile_full_depth_s': profile_s, 'planning_full_depth_s': planning_s}
     result = _result(cfg, samples, counter, queue_bound, capacity, rate_total, player,
                      cal_sent, exit_code, log_path)
+    result['targets'].insert(0, {'name': 'node_alive', 'ok': died is None,
+                                 'value': died or 'ran to the end', 'bound': 'no exit'})
+    result['passed'] = all(t['ok'] for t in result['targets'])
     with open(os.path.join(cfg.out, 'soak.json'), 'w') as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(cfg.out, 'soak.md'), 'w') as f:

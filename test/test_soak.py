@@ -100,7 +100,8 @@ def test_short_soak_through_the_node(tmp_path):
     assert saved['summary']['duplicates'] == 0
     assert saved['summary']['node_exit_code'] == 0
     assert {t['name'] for t in saved['targets']} == {
-        'rss_growth_mb', 'threads_flat', 'fds_flat', 'accounting', 'no_frame_answered_twice',
+        'node_alive', 'rss_growth_mb', 'threads_flat', 'fds_flat', 'accounting',
+        'no_frame_answered_twice',
         'late_share', 'on_time_keeps_growing'}
     assert {t['name']: t['ok'] for t in saved['targets']}['accounting']
     md = markdown(saved)
