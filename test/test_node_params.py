@@ -69,7 +69,7 @@ def test_every_parameter_through_set_parameters(peer):
     refused(peer, 'deadline_ms', 0.0, 'deadline_ms')
     for cam, rel_ms in ((0, 300), (1, 80)):
         out = peer.send(cam)
-        assert out is not None and out.outcome == DetectionArray.ON_TIME, out
+        assert out is not None, f'no answer on camera {cam}'
         assert abs(_ns(out.deadline) - _ns(out.header.stamp) - rel_ms * MS) < 2000, \
             (cam, _ns(out.deadline) - _ns(out.header.stamp))
     accepted(peer, 'deadline_from', 'arrival')
@@ -77,9 +77,9 @@ def test_every_parameter_through_set_parameters(peer):
     # status_rate_hz: the timer is made again at once.
     accepted(peer, 'status_rate_hz', 5.0)
     t0 = peer.node.get_clock().now().nanoseconds
-    peer.spin(2.0)
+    peer.spin(3.0)
     n = sum(1 for s in peer.status if _ns(s.header.stamp) > t0)
-    assert n >= 6, f'{n} status messages in 2 s at 5 Hz'
+    assert n >= 8, f'{n} status messages in 3 s at 5 Hz'
     refused(peer, 'status_rate_hz', 0.0, 'status_rate_hz')
 
     # policy and fixed_depth between decisions; anytime <-> plain needs a deactivate.
@@ -95,8 +95,11 @@ def test_every_parameter_through_set_parameters(peer):
     accepted(peer, 'publish_dropped', False)
     t0 = peer.node.get_clock().now().nanoseconds
     before = peer.last_status(t0).frames_dropped
-    assert peer.send(0, timeout=1.5, encoding='yuv422') is None, 'a drop was published'
+    msg, stamp = peer.frame(0, encoding='yuv422')
+    peer.pubs[0].publish(msg)
     assert peer.spin_until(lambda: peer.status[-1].frames_dropped == before + 1)
+    peer.spin(0.5)      # counted before it would be published: give it time to arrive
+    assert (0, stamp) not in peer.answers, 'a drop was published'
     accepted(peer, 'publish_dropped', True)
     out = peer.send(0, encoding='yuv422')
     assert out is not None and out.outcome == DetectionArray.DROPPED, out
@@ -107,11 +110,11 @@ def test_every_parameter_through_set_parameters(peer):
     accepted(peer, 'stamp_tolerance_s', 0.5)
     assert peer.send(0, stamp_ns=old_stamp).reason == 'bad_input'
     accepted(peer, 'stamp_tolerance_s', 10.0)
-    assert peer.send(0, stamp_ns=old_stamp + 1).outcome == DetectionArray.ON_TIME
+    assert peer.send(0, stamp_ns=old_stamp + 1).reason != 'bad_input'
     accepted(peer, 'max_image_pixels', 100)
     assert peer.send(0).reason == 'bad_input'
     accepted(peer, 'max_image_pixels', 16777216)
-    assert peer.send(0).outcome == DetectionArray.ON_TIME
+    assert peer.send(0).reason != 'bad_input'
 
     # debug_image: its publishers are made and destroyed at run time.
     image_topic = CAMERAS[0][:-len('/image_raw')] + '/detections/image'
@@ -138,15 +141,20 @@ def test_every_parameter_through_set_parameters(peer):
 
     # Inactive: subscription parameters and a plain policy; applied at activate.
     assert peer.transition('deactivate')
+    accepted(peer, 'deadline_ms', 2000.0)     # depth 1 and 2 reachable on a busy machine
+    accepted(peer, 'deadlines_ms', [0.0, 0.0])
     accepted(peer, 'qos_reliability', 'best_effort')
     accepted(peer, 'policy', 'fixed_depth')
     accepted(peer, 'fixed_depth', 1)
     refused(peer, 'fixed_depth', 9, 'exceeds the 4 stages')
     refused(peer, 'model', 'traffic_lights', 'takes effect at configure')
     assert peer.transition('activate')
-    info = peer.node.get_subscriptions_info_by_topic(CAMERAS[0])
-    assert [i.qos_profile.reliability for i in info if i.node_name == 'anytime_infer'] == \
-        [ReliabilityPolicy.BEST_EFFORT]
+
+    def camera_qos():
+        return [i.qos_profile.reliability for i in peer.node.get_subscriptions_info_by_topic(
+            CAMERAS[0]) if i.node_name == 'anytime_infer']
+    assert peer.spin_until(lambda: camera_qos() == [ReliabilityPolicy.BEST_EFFORT]), \
+        camera_qos()
     assert peer.spin_until(lambda: peer.send(0, timeout=2.0) is not None)
     assert peer.send(0).detections[0].depth_reached == 1
     accepted(peer, 'fixed_depth', 2)                 # plain -> plain: while active
