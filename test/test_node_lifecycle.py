@@ -88,7 +88,9 @@ def test_lifecycle_rois_debug_image_and_status(ros_pair):
     assert [d.class_id for d in out.detections] == [int(samples['labels'][0]),
                                                     int(samples['labels'][1])]
     assert images[0].encoding == 'rgb8' and images[0].width == 64
-    assert spin_until(ex, lambda: status[-1].frames_received >= 1)
+    # A status may be published while the frame is still in flight (received, not ended).
+    assert spin_until(ex, lambda: status[-1].frames_received >= 1 and
+                      status[-1].queue_length == 0)
     assert status[-1].frames_on_time == 1 and status[-1].policy == 'imprecise_dp'
 
     # A frame with no regions for it: published with nothing to classify.

@@ -34,7 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 # The scheduler's diagnostics WARN when more than this share of the frames received in the
 # last MISS_WINDOW_S seconds ended late or dropped.
-MISS_WINDOW_S = 10.0
+MISS_WINDOW_S = 5.0
 MISS_WARN_SHARE = 0.05
 # Stage failures keep the executor's diagnostics at WARN this long after the last one.
 FAILURE_WARN_S = 10.0
