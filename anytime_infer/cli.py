@@ -163,13 +163,32 @@ def _add_simulate(sub) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
+def _planner_scale(model: str, out: str, runs: int) -> None:
+    """Print (and write) the off-path planner's scale benchmark for one model."""
+    import os
+    from anytime_infer.evaluation import bundled_source
+    from anytime_infer.scheduler.bench_planner import scale_benchmark, scale_table
+    rows = scale_benchmark(bundled_source(model).profile, runs=runs)
+    print(f'\n## {model}: one stage boundary and its plan, by pending tasks '
+          f'(thread CPU time, {runs} runs each)\n')
+    print(scale_table(rows))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f'{model}_planner_scale.json'), 'w') as f:
+        json.dump(rows, f, indent=1)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import os
     from anytime_infer.evaluation import (ablations, bundled_source, LOADS, markdown_table,
                                           sweep, write_bench)
     from tqdm import tqdm
+    if args.planner_scale:
+        for model in args.models.split(','):
+            _planner_scale(model, args.out, args.scale_runs)
+        return 0
     loads = _floats(args.loads) or list(LOADS)
     for model in args.models.split(','):
+        _planner_scale(model, args.out, args.scale_runs)
         src = bundled_source(model)
         from anytime_infer.evaluation import bench_policies
         total = len(loads) * len(bench_policies(src.profile.num_stages))
@@ -216,6 +235,11 @@ def _add_bench(sub) -> None:
     p.add_argument('--seed', type=int, default=11)
     p.add_argument('--out', default='bench', help='output folder')
     p.add_argument('--no-ablations', action='store_true')
+    p.add_argument('--planner-scale', action='store_true',
+                   help='only the planner scale benchmark: boundary lookup and planning time '
+                   'for 8/32/128/256 pending tasks (also part of the full bench)')
+    p.add_argument('--scale-runs', type=int, default=200,
+                   help='runs per size of the planner scale benchmark')
     p.set_defaults(func=_cmd_bench)
 
 

@@ -119,7 +119,7 @@ class ContingentPlan:
     merged: Optional[dict] = None  # all plans' tables so far (set by OffPathPlanner.plan)
 
     def lookup(self, task_id: int, done: int, conf: Optional[float]) -> Optional[Targets]:
-        """The plan once exit ``done`` of ``task_id`` gave ``conf`` (None if not planned)."""
+        """Return the plan once exit ``done`` of ``task_id`` gave ``conf`` (None: none)."""
         e = self.entries.get((task_id, done))
         return None if e is None else e.row(conf)
 
@@ -133,9 +133,7 @@ def _targets(depth: Dict[int, int], order: Sequence[Task], mandatory: Tuple[floa
 
 
 def _block(pol, tasks: Sequence[Task]) -> Tuple[float, int, float]:
-    """
-    Mandatory stages of ``tasks`` (EDF) back to back: latest start, count, last deadline.
-    """
+    """Return the latest start, count and last deadline of the mandatory stages (EDF)."""
     p1 = pol.times.plan(1)
     reserve, need, n, last = INF, 0.0, 0, -INF
     for t in tasks:
@@ -148,12 +146,12 @@ def _block(pol, tasks: Sequence[Task]) -> Tuple[float, int, float]:
 
 
 def _rep_conf(edges: Sequence[float], b: int) -> float:
-    """A confidence inside bin b (any value there gives the same utility)."""
+    """Return a confidence inside bin b (any value there gives the same utility)."""
     return 0.5 * (edges[b] + min(edges[b + 1], 1.0))
 
 
 def static_targets(pol, start: float, tasks: Sequence[Task]) -> Targets:
-    """The DP's plan for the tasks as they are (no outcome pending)."""
+    """Return the DP's plan for the tasks as they are (no outcome pending)."""
     _, chosen, _, _ = pol._prelude(start, tasks)
     if not chosen:
         return Targets((), ())
@@ -163,7 +161,7 @@ def static_targets(pol, start: float, tasks: Sequence[Task]) -> Targets:
 
 def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> Entry:
     """
-    The DP's plan at ``start`` for every outcome of exit ``k`` of the front task ``x``.
+    Return the DP's plan at ``start`` for every outcome of exit ``k`` of front ``x``.
 
     ``chosen``: the tasks planned (EDF, none to shed), ``x`` first, ``x.stages_done ==
     k``. Exact: row b is what ``ImpreciseDP.plan_depths`` returns with x's confidence in
@@ -265,7 +263,7 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
 def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
             seq: int = 0) -> ContingentPlan:
     """
-    A contingent plan from the state at a stage start (see the module docstring).
+    Make a contingent plan from the state at a stage start (see the module docstring).
 
     ``tasks``: the pending tasks as they were when the stage of ``running`` (at
     ``stage``) started at ``now``; they are not modified. The plan is for the boundary
@@ -342,12 +340,29 @@ def _bin(edges: Optional[Sequence[float]], conf: Optional[float]) -> int:
     return min(max(bisect_right(edges, conf) - 1, 0), len(edges) - 2)
 
 
+def heap_smallest(heap: List[tuple], k: int) -> List[tuple]:
+    """Return the k smallest items of a heap, in order, in O(k log k), not O(len)."""
+    out: List[tuple] = []
+    if not heap:
+        return out
+    frontier = [(heap[0], 0)]
+    n = len(heap)
+    while frontier and len(out) < k:
+        item, i = heapq.heappop(frontier)
+        out.append(item)
+        for c in (2 * i + 1, 2 * i + 2):
+            if c < n:
+                heapq.heappush(frontier, (heap[c], c))
+    return out
+
+
 # -- the link between worker and planner ------------------------------------------------------
 @dataclass
 class BoundaryStats:
     """What the worker did at its boundaries (counts)."""
 
     boundaries: int = 0
+    mandatory: int = 0    # the front had no result yet: its mandatory stage (no plan needed)
     exact: int = 0        # the plan for this very boundary and outcome was ready
     stale: int = 0        # an older plan's targets were followed (guards held)
     fallback: int = 0     # no plan, or a guard failed: the cheap safe action
@@ -395,11 +410,13 @@ class OffPathPlanner:
 
     # -- worker side ------------------------------------------------------------------------
     def arrived(self, task: Task) -> None:
-        """A task was admitted (before the next stage starts)."""
-        self._events.append(('a', task))
+        """Post that a task was admitted (before the next stage starts)."""
+        done = task.stages_done
+        self._events.append(('a', task, done, tuple(task.confidences) if done else ()))
         key = (task.deadline, task.task_id)
         heapq.heappush(self._all, key)
-        heapq.heappush(self._mand, key)
+        if not done:
+            heapq.heappush(self._mand, key)
         self._arrivals.append((self._seq, task.deadline))
         self._note_new(task.deadline)
 
@@ -418,7 +435,7 @@ class OffPathPlanner:
             self._new_term = term
 
     def removed(self, task_id: int) -> None:
-        """A task was published or dropped."""
+        """Post that a task was published or dropped."""
         self._events.append(('r', task_id))
 
     def stage_done(self, task_id: int, stage: int, conf: float) -> None:
@@ -426,7 +443,7 @@ class OffPathPlanner:
         self._events.append(('s', task_id, stage, conf))
 
     def stage_start(self, now: float, run: Sequence[int], stage: int) -> int:
-        """A stage of ``run`` starts: a snapshot point for the planner; returns its number."""
+        """Post that a stage of ``run`` starts (a snapshot for the planner); return its number."""
         self._seq += 1
         self._events.append(('start', self._seq, now, tuple(run), stage))
         if self._waiting:                 # a planner thread sleeps in wait_for_stage
@@ -437,7 +454,7 @@ class OffPathPlanner:
     def decide(self, now: float, tasks: Mapping[int, Task],
                ended: Sequence[int] = ()) -> Decision:
         """
-        The decision at a stage boundary: plan lookup, guards, or the cheap safe action.
+        Decide at a stage boundary: plan lookup, guards, or the cheap safe action.
 
         ``tasks``: the pending tasks by id; ``ended``: the tasks of the stage that just
         ended (first one first). O(log n) amortised plus O(horizon).
@@ -475,6 +492,8 @@ class OffPathPlanner:
                 break
         front = self._front(tasks)
         ok = None
+        if front is None or front.stages_done == 0:
+            st.mandatory += 1
         if front is None:
             pass
         elif front.stages_done == 0:
@@ -533,7 +552,7 @@ class OffPathPlanner:
                     self._targets = tg
 
     def _front(self, tasks: Mapping[int, Task]) -> Optional[Task]:
-        """The earliest-deadline pending task (gone ones are popped)."""
+        """Return the earliest-deadline pending task (gone ones are popped)."""
         heap = self._all
         while heap:
             t = tasks.get(heap[0][1])
@@ -547,7 +566,7 @@ class OffPathPlanner:
         """Other mandatory stages batched with ``first`` (as the lazy DP batches them)."""
         pol = self.policy
         cands = []
-        for dl, tid in heapq.nsmallest(pol.max_batch, self._mand):
+        for dl, tid in heap_smallest(self._mand, pol.max_batch):
             t = tasks.get(tid)
             if t is not None and t is not first and not t.stages_done:
                 cands.append(t)
@@ -570,8 +589,10 @@ class OffPathPlanner:
     def _follow(self, now: float, tg: Targets, front: Task, tasks: Mapping[int, Task],
                 d: Decision) -> Optional[bool]:
         """
-        Follow the plan for the front task: deeper if planned and every mandatory stage
-        still to run fits behind that stage; published if the plan stops it there.
+        Follow the plan for the front task.
+
+        Deeper if planned and every mandatory stage still to run fits behind that stage;
+        published if the plan stops it there.
 
         The mandatory stages are those the plan knew (``tg.reserve``: their latest start
         back to back) and every frame that arrived since its snapshot, appended to them
@@ -612,8 +633,10 @@ class OffPathPlanner:
 
     def _reserve(self, tg: Targets) -> float:
         """
-        Latest start of the plan's mandatory stages and those of the frames that arrived
-        since its snapshot, back to back (O(1), conservative).
+        Return when the mandatory stages must start at the latest (O(1), conservative).
+
+        Those of the plan and those of the frames that arrived since its snapshot, back
+        to back.
 
         New frames whose deadlines all come after the plan's last mandatory one are
         appended behind it (the usual case: a camera's newest frame has its latest
@@ -644,7 +667,7 @@ class OffPathPlanner:
         return []
 
     def _first_mandatory(self, tasks: Mapping[int, Task]) -> Optional[Task]:
-        """The earliest-deadline task whose mandatory stage has not run (none: None)."""
+        """Return the earliest-deadline task whose mandatory stage has not run (or None)."""
         mand = self._mand
         while mand:
             t = tasks.get(mand[0][1])
@@ -656,7 +679,7 @@ class OffPathPlanner:
     def _fallback(self, now: float, front: Optional[Task], tasks: Mapping[int, Task],
                   d: Decision, uncovered: bool = True) -> None:
         """
-        The cheap safe action when no plan covers the front (or a guard failed).
+        Take the cheap safe action when no plan covers the front (or a guard failed).
 
         For a front no plan covers, the DP's most recent decision for a front task at the
         same exit and confidence bin (the plans' ``table``) says whether it goes deeper;
@@ -703,7 +726,7 @@ class OffPathPlanner:
         """Latest start of the waiting mandatory stages back to back (the first ``scan``)."""
         p1 = self.policy.times.plan(1)
         latest, need = INF, 0.0
-        for dl, tid in heapq.nsmallest(scan, self._mand):
+        for dl, tid in heap_smallest(self._mand, scan):
             t = tasks.get(tid)
             if t is not None and not t.stages_done:
                 need += p1
@@ -732,11 +755,11 @@ class OffPathPlanner:
             ev = self._events.popleft()
             kind = ev[0]
             if kind == 'a':
-                # The planner's own copy, made here: the worker only posts the reference
-                # (a task is admitted before its first stage: nothing of it has changed).
-                t = ev[1]
+                # The planner's own copy, made here from the fields a task never changes
+                # and its progress as posted.
+                _, t, done, confs = ev
                 mirror[t.task_id] = Task(t.task_id, t.stream, t.arrival, t.deadline,
-                                         t.num_stages, t.weight, t.stamp)
+                                         t.num_stages, t.weight, t.stamp, done, list(confs))
             elif kind == 's':
                 t = mirror.get(ev[1])
                 if t is not None:

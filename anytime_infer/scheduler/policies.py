@@ -19,6 +19,8 @@ import numpy as np
 
 POLICY_NAMES = ('imprecise_dp', 'imprecise_dp_flat', 'fifo_full', 'latest_full', 'edf_full',
                 'mandatory_only', 'fixed_depth', 'greedy', 'oracle')
+# Online policies the oracle's bound includes (the static depths are dominated by these).
+ORACLE_ALSO = ('imprecise_dp', 'imprecise_dp_flat', 'greedy')
 
 
 class Policy:
@@ -298,7 +300,7 @@ class ImpreciseDP(Policy):
 
     def plan_depths(self, start: float, chosen: List[Task]):
         """
-        The DP over the front task and its window (``chosen``: EDF, none shed).
+        Run the DP over the front task and its window (``chosen``: EDF, none shed).
 
         Returns (depth per planned task id, window tasks after the front, the latest
         start of the mandatory block reserved behind the window).
@@ -511,6 +513,16 @@ class Greedy(ImpreciseDP):
         return True
 
 
+def _fresh(name: str, profile: ModelProfile, times: Optional[StageTimes], batching: bool):
+    """Return a factory of a policy with its own stage-time estimates (as ``times``)."""
+    def make() -> Policy:
+        own = None if times is None else StageTimes(
+            profile, percentile=times.percentile, adapt=times.adapt,
+            memory_s=getattr(times, 'memory_s', 1.0))
+        return make_policy(name, profile, times=own, batching=batching)
+    return make
+
+
 def make_policy(name: str, profile: ModelProfile, depth: Optional[int] = None,
                 times: Optional[StageTimes] = None, batching: bool = True) -> Policy:
     """
@@ -527,6 +539,11 @@ def make_policy(name: str, profile: ModelProfile, depth: Optional[int] = None,
         p = ImpreciseDP(profile, times, utility=OracleUtility(profile.num_stages),
                         batching=batching)
         p.name, p.simulation_only = 'oracle', True
+        # The clairvoyant DP still plans on stage-time percentiles over a receding window
+        # without knowing future frames, so an online policy can beat it on a run: the
+        # simulator reports the best of it and of these (same frames, same stage-time
+        # draws), an upper bound of every policy the package has (see ``simulate``).
+        p.best_of = [_fresh(n, profile, times, batching) for n in ORACLE_ALSO]
         return p
     if name == 'greedy':
         return Greedy(profile, times)

@@ -102,8 +102,8 @@ class SimResult:
         b = self.boundary
         if b is not None and b.boundaries:
             n = b.boundaries
-            out.update(boundary_exact=b.exact / n, boundary_stale=b.stale / n,
-                       boundary_fallback=b.fallback / n)
+            out.update(boundary_mandatory=b.mandatory / n, boundary_exact=b.exact / n,
+                       boundary_stale=b.stale / n, boundary_fallback=b.fallback / n)
         if self.source:
             out['oracle_source'] = self.source
         return out
@@ -269,7 +269,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
             ai += 1
 
     def pump() -> None:
-        """The planner thread up to `now`: start the newest posted state when free."""
+        """Run the planner thread up to `now`: the newest posted state when it is free."""
         nonlocal planner_free, snap
         if snap is not None and planner_free <= now:
             seq, posted = snap
@@ -367,7 +367,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
 
 
 def _clock_tare(clock, n: int = 200) -> float:
-    """What reading the clock twice costs (subtracted: it is the simulator's, not work)."""
+    """Return what reading the clock twice costs (the simulator's, not work)."""
     samples = []
     for _ in range(n):
         t0 = clock()
@@ -378,7 +378,7 @@ def _clock_tare(clock, n: int = 200) -> float:
 def _best_of(profile, trace, policy, best_of, streams, frames, seed, arrival,
              charge_decisions, arrivals, samples, planner, decision_clock) -> SimResult:
     """
-    The oracle: the best of its clairvoyant run and of the online policies it names.
+    Run the oracle: the best of its clairvoyant run and of the online policies it names.
 
     The clairvoyant DP (exact correctness per exit) still plans on stage-time
     percentiles over a receding horizon without knowing future arrivals, so an online

@@ -49,7 +49,7 @@ class Utility:
 
     def outcomes(self, task: Task, k: int):
         """
-        Expected accuracy per depth for every outcome of exit ``k`` of ``task``.
+        Return the expected accuracy per depth for every outcome of exit ``k``.
 
         Returns (bin edges of exit k's confidence, or None when the outcome does not
         matter; matrix outcomes x (L + 1)). Row b is what ``expected`` returns once exit k
@@ -87,5 +87,5 @@ class OracleUtility:
         return out
 
     def outcomes(self, task: Task, k: int):
-        """The clairvoyant knows every outcome: one row."""
+        """Return one row: the clairvoyant knows every outcome."""
         return None, self.expected(task)[None, :]

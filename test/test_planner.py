@@ -1,0 +1,228 @@
+"""The off-path planner: contingent plans, the worker's boundary, the simulator's model."""
+import json
+import threading
+from typing import Dict
+
+from anytime_infer.scheduler import make_policy, Task
+from anytime_infer.scheduler.planner import contingent_entry, heap_smallest, OffPathPlanner
+from anytime_infer.scheduler.policies import ImpreciseDP
+from anytime_infer.scheduler.simulator import make_streams, simulate
+from anytime_infer.scheduler.timing import StageTimes
+import numpy as np
+import pytest
+from sched_helpers import synthetic_profile, synthetic_trace
+
+
+def _tasks(rng, n, front_done=1):
+    """Make a loaded state: deadlines a stage apart, some results, front with a result."""
+    out = []
+    for i in range(n):
+        t = Task(i, i % 4, 0.0, 0.0012 + 0.0009 * i + float(rng.uniform(0, 0.0004)), 4)
+        t.stages_done = front_done if i == 0 else int(rng.integers(0, 3))
+        t.confidences = [float(rng.random()) for _ in range(t.stages_done)]
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_every_outcome_gets_exactly_the_dps_plan(seed):
+    rng = np.random.default_rng(seed)
+    prof = synthetic_profile()
+    tasks = _tasks(rng, int(rng.integers(2, 12)), front_done=int(rng.integers(1, 4)))
+    x = tasks[0]
+    start = 0.0
+    pol = ImpreciseDP(prof, StageTimes(prof))
+    _, chosen, _, _ = pol._prelude(start, tasks)
+    assert chosen[0] is x
+    entry = contingent_entry(pol, start, chosen, x, x.stages_done)
+    edges = pol.utility.edges[x.stages_done - 1]
+    assert len(entry.rows) == len(edges) - 1
+    for b, row in enumerate(entry.rows):
+        x.confidences[-1] = 0.5 * (edges[b] + min(edges[b + 1], 1.0))
+        ref = ImpreciseDP(prof, StageTimes(prof))          # no cache shared with the plan
+        _, ref_chosen, _, _ = ref._prelude(start, tasks)
+        depth, _, _ = ref.plan_depths(start, ref_chosen)
+        assert row.want == depth, f'bin {b}'
+        assert entry.row(x.confidences[-1]) is row
+
+
+def _link(prof, tasks):
+    pol = ImpreciseDP(prof, StageTimes(prof), batching=False)
+    link = OffPathPlanner(pol)
+    for t in tasks:
+        link.arrived(t)
+    return pol, link
+
+
+def test_a_fresh_plan_gives_the_inline_dps_decision():
+    prof = synthetic_profile()
+    agree = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        tasks = _tasks(rng, 8)
+        by_id = {t.task_id: t for t in tasks}
+        pol, link = _link(prof, tasks)
+        front = tasks[0]
+        stage = front.stages_done + 1
+        link.plan(link.stage_start(0.0, [front.task_id], stage))
+        front.stages_done, conf = stage, float(rng.random())
+        front.confidences.append(conf)
+        link.stage_done(front.task_id, stage, conf)
+        now = pol.times.plan(stage)                # the stage ended when planned
+        dec = link.decide(now, by_id, [front.task_id])
+        st = link.stats
+        assert st.mandatory + st.exact + st.fallback == st.boundaries
+        inline = ImpreciseDP(prof, StageTimes(prof), batching=False, lazy=False)
+        ref = inline.decide(now, tasks)
+        if link.stats.exact:
+            assert dec.run == ref.run
+            assert front.task_id in dec.finish if front.task_id in ref.finish else True
+            agree += 1
+    assert agree >= 15, 'fresh plans were not used'
+
+
+def test_a_frame_that_arrived_during_the_stage_is_not_starved():
+    prof = synthetic_profile()
+    rng = np.random.default_rng(3)
+    tasks = _tasks(rng, 1, front_done=1)
+    tasks[0].deadline = 0.02                         # room to go to full depth
+    by_id = {t.task_id: t for t in tasks}
+    pol, link = _link(prof, tasks)
+    front = tasks[0]
+    link.plan(link.stage_start(0.0, [0], 2))
+    front.stages_done, front.confidences = 2, front.confidences + [0.2]
+    link.stage_done(0, 2, 0.2)
+    # A frame arrived during the stage: its mandatory stage fits only if it runs next.
+    now = pol.times.plan(2)
+    late = Task(1, 1, now, now + pol.times.plan(1) * 1.5, 4)
+    by_id[1] = late
+    link.arrived(late)
+    dec = link.decide(now, by_id, [0])
+    assert dec.run == [1], 'the plan ignored a frame whose mandatory stage had to run now'
+
+
+def test_the_planner_reads_only_what_was_posted_before_the_stage_started():
+    prof = synthetic_profile()
+    rng = np.random.default_rng(5)
+    tasks = _tasks(rng, 4)
+    pol, link = _link(prof, tasks)
+    seq = link.stage_start(0.0, [0], tasks[0].stages_done + 1)
+    # After the stage started: a result and an arrival the planner must not see.
+    link.stage_done(0, tasks[0].stages_done + 1, 0.9)
+    link.arrived(Task(99, 0, 0.0, 0.01, 4))
+    plan = link.plan(seq)
+    assert 99 not in {tid for _, tid in plan.edf}
+    assert len(link._mirror[0].confidences) == tasks[0].stages_done
+    # The worker's own task objects are never the planner's.
+    assert all(link._mirror[t.task_id] is not t for t in tasks)
+
+
+def test_a_planner_thread_hands_plans_to_the_worker():
+    prof = synthetic_profile()
+    rng = np.random.default_rng(7)
+    tasks = _tasks(rng, 6)
+    pol, link = _link(prof, tasks)
+    stop = threading.Event()
+
+    def planner():
+        while not stop.is_set():
+            seq = link.wait_for_stage(0.05)
+            if seq is not None:
+                link.plan(seq)
+    th = threading.Thread(target=planner, daemon=True)
+    th.start()
+    try:
+        seq = link.stage_start(0.0, [0], tasks[0].stages_done + 1)
+        for _ in range(200):
+            if link.ready is not None and link.ready.seq == seq:
+                break
+            stop.wait(0.01)
+        assert link.ready is not None and link.ready.seq == seq
+    finally:
+        stop.set()
+        th.join(2.0)
+
+
+class _Counting(dict):
+    """A task map that counts lookups (the worker's boundary must not scan it)."""
+
+    reads = 0
+
+    def get(self, key, default=None):
+        _Counting.reads += 1
+        return super().get(key, default)
+
+
+def test_the_boundary_does_not_scan_the_pending_tasks():
+    prof = synthetic_profile()
+    reads = {}
+    for n in (16, 256):
+        rng = np.random.default_rng(n)
+        tasks = _tasks(rng, n)
+        by_id: Dict[int, Task] = _Counting((t.task_id, t) for t in tasks)
+        pol, link = _link(prof, tasks)
+        front = tasks[0]
+        link.plan(link.stage_start(0.0, [0], front.stages_done + 1))
+        link.decide(pol.times.plan(1), by_id, [0])           # adopts: folds arrivals in
+        front.stages_done += 1
+        front.confidences.append(0.3)
+        link.plan(link.stage_start(0.0, [0], front.stages_done + 1))
+        front.stages_done += 1
+        front.confidences.append(0.3)
+        _Counting.reads = 0
+        link.decide(2 * pol.times.plan(2), by_id, [0])
+        reads[n] = _Counting.reads
+    assert reads[256] <= reads[16] + 8, reads
+
+
+def test_heap_smallest_is_the_sorted_prefix():
+    import heapq
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 5, 100):
+        h = [(float(x), i) for i, x in enumerate(rng.random(n))]
+        heapq.heapify(h)
+        for k in (1, 3, 8):
+            assert heap_smallest(h, k) == sorted(h)[:k]
+
+
+@pytest.mark.parametrize('planner', ['thread', 'inline'])
+def test_simulated_planner_gives_every_frame_one_outcome(planner):
+    prof = synthetic_profile(stage_ms=(0.06, 0.2, 0.2, 0.2))
+    trace = synthetic_trace()
+    pol = make_policy('imprecise_dp', prof)
+    res = simulate(prof, trace, pol, make_streams(prof, 2.5), frames=600, seed=2,
+                   planner=planner)
+    s = res.summary()
+    assert s['on_time'] + s['late'] + s['dropped'] == 600
+    assert s['planner'] == planner
+    if planner == 'thread':
+        assert s['plans'] > 0 and s['boundary_mandatory'] + s['boundary_exact'] + \
+            s['boundary_stale'] + s['boundary_fallback'] == pytest.approx(1.0)
+        assert s['miss_rate'] <= 0.02
+
+
+def test_the_oracle_is_at_least_every_online_policy():
+    prof = synthetic_profile(stage_ms=(0.06, 0.2, 0.2, 0.2))
+    trace = synthetic_trace()
+    streams = make_streams(prof, 3.0)
+    acc = {}
+    for name in ('oracle', 'imprecise_dp', 'imprecise_dp_flat', 'greedy'):
+        acc[name] = simulate(prof, trace, make_policy(name, prof), streams, frames=500,
+                             seed=4, charge_decisions=False).summary()['accuracy']
+    assert acc['oracle'] >= max(acc.values())
+
+
+def test_simulate_cli_takes_the_planner_options(capsys, tmp_path):
+    from anytime_infer.cli import main
+    from anytime_infer.scheduler.traces import write_trace
+    trace = synthetic_trace(n=400)
+    path = str(tmp_path / 't.csv')
+    labels = np.zeros(400, dtype=int)
+    pred = np.where(trace.correct, 0, 1)
+    write_trace(path, trace.samples, labels, pred, trace.confidence)
+    for extra in (['--planner', 'inline', '--decision-clock', 'wall'], []):
+        assert main(['simulate', '--trace', path, '--stage-ms', '0.05,0.2,0.2,0.2',
+                     '--frames', '300', '--load', '2', '--json', *extra]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out['frames'] == 300 and 0.0 <= out['accuracy'] <= 1.0
+        assert out['planner'] == ('inline' if extra else 'thread')
