@@ -219,7 +219,7 @@ def markdown(result: Dict) -> str:
     s, cfg = result['summary'], result['config']
     lines = [f'Soak: {cfg["cameras"]} cameras at {cfg["load"]}x for '
              f'{cfg["duration_s"]:.0f} s, model {cfg["model"]}, {cfg["qos"]} image QoS, '
-             f'sampled every {cfg["interval_s"]:.0f} s', '',
+             f'sampled every {cfg["interval_s"]:.0f} s (code {s.get("revision") or "?"})', '',
              '| t (s) | RSS (MB) | fds | threads | received | on time | late | dropped | '
              'in flight | queue | mean depth | est. load | sent | answers |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
@@ -569,7 +569,7 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
         executor.shutdown()
         ros.destroy_node()
         rclpy.shutdown()
-    capacity = {'full_depth_s': full_s, 'capacity_source': source,
+    capacity = {'revision': _revision(repo), 'full_depth_s': full_s, 'capacity_source': source,
                 'profile_full_depth_s': profile_s, 'planning_full_depth_s': planning_s}
     result = _result(cfg, samples, counter, queue_bound, capacity, rate_total, player,
                      cal_sent, exit_code, log_path)
@@ -595,6 +595,18 @@ def _param_int(params: str, extra: List[str], name: str, default: int) -> int:
         if item.startswith(name + ':='):
             value = int(item.split(':=', 1)[1])
     return value
+
+
+def _revision(repo: str) -> str:
+    """Return the repository's commit (with ``+dirty`` for local changes), or ''."""
+    try:
+        head = subprocess.run(['git', '-C', repo, 'rev-parse', '--short', 'HEAD'],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', '-C', repo, 'status', '--porcelain', '-uno'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ''
+    return head + ('+dirty' if head and dirty else '')
 
 
 def _stop(node: subprocess.Popen) -> Optional[int]:
