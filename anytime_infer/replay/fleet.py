@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -288,6 +289,16 @@ def run_ray(jobs: List[BagJob], out: str, cfg: FleetConfig, on_frames: Callable[
 
 
 # -- the command --------------------------------------------------------------------------
+def _exit_on_sigterm():
+    """Turn SIGTERM into SystemExit (so that finally blocks run); return the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+    return signal.signal(signal.SIGTERM, leave)
+
+
 def evaluate(paths: Sequence[str], out: str, cfg: FleetConfig, workers: Optional[int] = None,
              address: Optional[str] = None, force: bool = False,
              progress: bool = True) -> Tuple[int, Dict, RunInfo]:
@@ -300,6 +311,11 @@ def evaluate(paths: Sequence[str], out: str, cfg: FleetConfig, workers: Optional
     """
     from anytime_infer.replay.fleet_report import build_summary, write_summary
     from tqdm import tqdm
+    from anytime_infer.scheduler.policies import POLICY_NAMES
+    unknown = [p for p in cfg.policies if p not in POLICY_NAMES or p == 'fixed_depth']
+    if unknown:   # found now, not once per bag
+        raise ValueError(f'policy {", ".join(unknown)}: one of '
+                         f'{", ".join(n for n in POLICY_NAMES if n != "fixed_depth")}')
     os.makedirs(out, exist_ok=True)
     jobs = bag_jobs(paths, out)
     if not jobs:
@@ -329,12 +345,19 @@ def evaluate(paths: Sequence[str], out: str, cfg: FleetConfig, workers: Optional
             info.engine, info.address = 'ray', address
             info.workers = workers or max(1, (os.cpu_count() or 1) // cfg.threads)
             t0 = time.monotonic()
-            info.cluster_cpus = start_ray(address, info.workers, cfg.threads)
-            info.engine_start_s = round(time.monotonic() - t0, 3)
+            old_term = None
             try:
+                info.cluster_cpus = start_ray(address, info.workers, cfg.threads)
+                info.engine_start_s = round(time.monotonic() - t0, 3)
+                # SIGTERM must end in ray.shutdown() too (set after ray.init, which has a
+                # handler of its own): Ray's agent processes outlive a driver that dies
+                # without it, as they do after SIGKILL, which cannot be caught.
+                old_term = _exit_on_sigterm()
                 results = run_ray(todo, out, cfg, frames_bar.update, on_bag, progress)
             finally:
                 ray.shutdown()
+                if old_term is not None:
+                    signal.signal(signal.SIGTERM, old_term)
     finally:
         bags_bar.close()
         frames_bar.close()
