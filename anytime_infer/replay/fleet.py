@@ -106,7 +106,7 @@ def is_done(out: str, job: BagJob, cfg: FleetConfig) -> bool:
     except (OSError, ValueError):
         return False
     return done.get('status') == 0 and done.get('config') == cfg.key() and \
-        done.get('bag') == os.path.abspath(job.bag)
+        done.get('bag') == os.path.abspath(job.bag) and 'totals' in done
 
 
 def evaluate_bag(job: BagJob, out: str, cfg: FleetConfig,
@@ -121,6 +121,7 @@ def evaluate_bag(job: BagJob, out: str, cfg: FleetConfig,
     import torch
 
     from anytime_infer.replay.command import replay
+    from anytime_infer.replay.fleet_report import bag_totals
     from anytime_infer.replay.reports import write_error_report
     # N tasks on N x threads cores: each keeps to its share (torch and OpenCV pools).
     torch.set_num_threads(cfg.threads)
@@ -150,6 +151,8 @@ def evaluate_bag(job: BagJob, out: str, cfg: FleetConfig,
         status, errors, frames = 1, [f'{type(e).__name__}: {e}'], 0
     result = {'name': job.name, 'bag': os.path.abspath(job.bag), 'status': status,
               'errors': errors, 'frames': frames}
+    if status == 0:   # the fleet totals' share of this bag, counted here, not by the driver
+        result['totals'] = bag_totals(tmp, cfg.policies, cfg.compare)
     with open(os.path.join(tmp, JOB_FILE), 'w') as f:
         json.dump({**result, 'config': cfg.key()}, f, indent=1, sort_keys=True)
         f.write('\n')

@@ -1,9 +1,10 @@
 """
 The fleet summary of ``evaluate``: per bag and in total, per policy; markdown and plots.
 
-Built only from what the bag folders hold (``job.json``, ``report.json``,
-``frames.csv.gz``) plus the errors of bags whose task never returned, so a restarted run
-that skipped finished bags, a sequential run and a Ray run all give the same summary.
+Built only from what the bag folders hold (``report.json``; ``job.json`` with each bag's
+counts, made from ``frames.csv.gz`` where the bag ran) plus the errors of bags whose task
+never returned, so a restarted run that skipped finished bags, a sequential run and a Ray
+run all give the same summary.
 Totals count the bags that completed; failed (or incomplete) bags are listed with their
 errors and their partial figures, never left out. Fleet latency percentiles come from a
 merged logarithmic histogram (0.1 % resolution); per-bag ones are exact.
@@ -56,6 +57,32 @@ class Totals:
             idx = np.searchsorted(LAT_EDGES, np.clip(lat, LAT_EDGES[0], LAT_EDGES[-1]),
                                   side='right') - 1
             np.add.at(self.lat_hist, np.clip(idx, 0, len(self.lat_hist) - 1), 1)
+
+    def partial(self) -> Dict:
+        """Return the counts as JSON (sparse latency histogram), to merge elsewhere."""
+        nz = np.flatnonzero(self.lat_hist)
+        return {'bags': self.bags, 'frames': self.frames, 'on_time': self.on_time,
+                'late': self.late, 'dropped': dict(sorted(self.dropped.items())),
+                'gt_frames': self.gt_frames, 'correct': self.correct,
+                'depth_hist': list(self.depth_hist),
+                'latency_bins': {str(int(i)): int(self.lat_hist[i]) for i in nz}}
+
+    def merge(self, part: Dict) -> None:
+        """Add counts written by ``partial`` (one bag's, computed where it ran)."""
+        self.bags += part['bags']
+        self.frames += part['frames']
+        self.on_time += part['on_time']
+        self.late += part['late']
+        for k, v in part['dropped'].items():
+            self.dropped[k] = self.dropped.get(k, 0) + v
+        self.gt_frames += part['gt_frames']
+        self.correct += part['correct']
+        d = part['depth_hist']
+        self.depth_hist += [0] * (len(d) - len(self.depth_hist))
+        for k, c in enumerate(d):
+            self.depth_hist[k] += c
+        for i, c in part['latency_bins'].items():
+            self.lat_hist[int(i)] += c
 
     def percentile(self, q: float) -> Optional[float]:
         """Latency (ms) at percentile q from the histogram (bin's geometric centre)."""
@@ -111,9 +138,7 @@ def build_summary(out: str, jobs, results: Dict[str, Dict], cfg) -> Dict:
                            all(r['complete'] for r in reps.values()))
         if entry['ok']:
             for p in cfg.policies:
-                rows = read_frames(os.path.join(_policy_dir(out, job.name, p, cfg.compare),
-                                                FRAMES_FILE))
-                totals[p].add(rows, bool(entry['ground_truth']))
+                totals[p].merge(done['totals'][p])
         elif not entry['errors']:
             entry['errors'] = ['incomplete outputs']
         bags.append(entry)
@@ -125,6 +150,20 @@ def build_summary(out: str, jobs, results: Dict[str, Dict], cfg) -> Dict:
             'total': {p: t.result() for p, t in totals.items()},
             'worst_first': [b['name'] for b in sorted(bags, key=_badness(cfg.policies[0]))],
             'bags': bags}
+
+
+def bag_totals(out_dir: str, policies: List[str], compare: bool) -> Dict[str, Dict]:
+    """Per policy, one bag's counts for the fleet totals (where the bag ran; read back)."""
+    parts = {}
+    for p in policies:
+        folder = os.path.join(out_dir, p) if compare else out_dir
+        rep = _read_json(os.path.join(folder, 'report.json'))
+        if not rep or 'total' not in rep:
+            continue
+        t = Totals()
+        t.add(read_frames(os.path.join(folder, FRAMES_FILE)), bool(rep['ground_truth']))
+        parts[p] = t.partial()
+    return parts
 
 
 def _badness(policy: str):
