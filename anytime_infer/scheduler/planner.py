@@ -94,6 +94,10 @@ class Entry:
     done: int
     edges: Optional[Sequence[float]]    # None: the outcome does not change the plan
     rows: List[Targets]
+    # Whether the task's next stage could be planned at all (its deadline and the
+    # others' allow it): a plan that stops it when it could not go on says nothing of
+    # what the DP prefers (the decision table records only the others).
+    could_go_on: bool = True
 
     def row(self, conf: Optional[float]) -> Optional[Targets]:
         """Return the plan for the exit's real confidence (None if it is not a number)."""
@@ -109,7 +113,6 @@ class ContingentPlan:
     made_at: float                 # that stage start's time
     entries: Dict[Tuple[int, int], Entry]
     first: Optional[Tuple[int, int]]   # the entry of the running stage (None if idle)
-    edf: List[Tuple[float, int]]   # (deadline, id) of every task it knew, EDF order
     cumt: List[float]              # planned time to reach depth d from depth 0
     planner_s: float = 0.0         # wall time spent making it
     # The DP's decision for a front task by (exit k, bin of exit k): deeper or not. The
@@ -257,7 +260,8 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
             tg = _targets(depth, order, mandatory)
             for b in bs:
                 out[b] = tg
-    return Entry(x.task_id, k, edges, out)
+    go_on = k < n and (len(feasible) < 2 or bool(feasible[1]))
+    return Entry(x.task_id, k, edges, out, go_on)
 
 
 def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
@@ -312,21 +316,25 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
     else:
         entries[(-1, 0)] = Entry(-1, 0, None, [static_targets(pol, now, tasks)])
         first = (-1, 0)
-    edf = sorted((t.deadline, t.task_id) for t in tasks)
-    plan = ContingentPlan(seq, now, entries, first, edf, cumt)
+    plan = ContingentPlan(seq, now, entries, first, cumt)
     for (tid, k), e in entries.items():
         for b, row in enumerate(e.rows):
             if not row.order:
                 continue
             f = row.order[0]
             if f == tid:                 # the enumerated front: every bin
-                plan.table.append((k, e.edges, b, row.want[f] > k))
+                deeper = row.want[f] > k
+                if deeper or e.could_go_on:
+                    plan.table.append((k, e.edges, b, deeper))
             elif e.edges is None and f in by_id:   # the known front: its own bin
                 t = by_id[f]
-                if t.stages_done >= 1:
-                    ed, _ = pol.utility.outcomes(t, t.stages_done)
-                    plan.table.append((t.stages_done, ed, _bin(ed, t.last_confidence),
-                                       row.want[f] > t.stages_done))
+                k_f = t.stages_done
+                if k_f >= 1 and not t.complete:
+                    deeper = row.want[f] > k_f
+                    end = now + times.plan(k_f + 1)
+                    if deeper or (end <= t.deadline and end <= row.reserve):
+                        ed, _ = pol.utility.outcomes(t, k_f)
+                        plan.table.append((k_f, ed, _bin(ed, t.last_confidence), deeper))
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -407,8 +415,15 @@ class OffPathPlanner:
         self._new_sorted = True      # whether they arrived in deadline order
         self._new_term = INF         # min over them of deadline - rank x p1
         self._table: Dict[int, Tuple[Optional[Sequence[float]], Dict[int, bool]]] = {}
+        self._confs: Dict[Tuple[int, int], float] = {}    # (task, exit) -> confidence
+        self.follow_stale = False
 
     # -- worker side ------------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        """Return the number of the last stage start posted."""
+        return self._seq
+
     def arrived(self, task: Task) -> None:
         """Post that a task was admitted (before the next stage starts)."""
         done = task.stages_done
@@ -439,8 +454,15 @@ class OffPathPlanner:
         self._events.append(('r', task_id))
 
     def stage_done(self, task_id: int, stage: int, conf: float) -> None:
-        """Exit ``stage`` of a task gave ``conf``."""
+        """Post that exit ``stage`` of a task gave ``conf``."""
         self._events.append(('s', task_id, stage, conf))
+        # Kept a while: a plan adopted after its task was published still needs the
+        # outcome it was made for.
+        confs = self._confs
+        confs[(task_id, stage)] = conf
+        if len(confs) > 512:
+            for key in list(confs)[:256]:
+                del confs[key]
 
     def stage_start(self, now: float, run: Sequence[int], stage: int) -> int:
         """Post that a stage of ``run`` starts (a snapshot for the planner); return its number."""
@@ -450,6 +472,35 @@ class OffPathPlanner:
             with self._posted:
                 self._posted.notify()
         return self._seq
+
+    def boundary(self, now: float, tasks: Mapping[int, Task], ended: Sequence[int],
+                 admitted: Sequence[Task] = (), gone: Sequence[int] = ()) -> Decision:
+        """
+        Post a boundary's events and decide, in one call (the worker's whole boundary).
+
+        ``ended``: the tasks of the stage that just ended (their new results are in
+        ``tasks``); ``admitted``: tasks admitted since the last boundary; ``gone``: tasks
+        published or dropped since then (e.g. at their deadline). The decision's own
+        drops and finishes, and the next stage's start, are posted too.
+        """
+        ev = self._events
+        for tid in gone:
+            ev.append(('r', tid))
+        for tid in ended:
+            t = tasks.get(tid)
+            if t is not None:
+                self.stage_done(tid, t.stages_done, t.confidences[-1])
+        for t in admitted:
+            self.arrived(t)
+        d = self.decide(now, tasks, ended)
+        for tid, _ in d.drop:
+            ev.append(('r', tid))
+        for tid in d.finish:
+            ev.append(('r', tid))
+        if d.run:
+            t = tasks.get(d.run[0])
+            self.stage_start(now, d.run, t.stages_done + 1)
+        return d
 
     def decide(self, now: float, tasks: Mapping[int, Task],
                ended: Sequence[int] = ()) -> Decision:
@@ -501,7 +552,7 @@ class OffPathPlanner:
             d.run = [front.task_id]
             if pol.batching:
                 d.run += self._mandatory_mates(now, p1, front, tasks)
-        elif self._targets is not None and \
+        elif (exact or self.follow_stale) and self._targets is not None and \
                 (ok := self._follow(now, self._targets, front, tasks, d)):
             if exact:
                 st.exact += 1
@@ -545,9 +596,9 @@ class OffPathPlanner:
             if tid < 0:
                 self._targets = e.rows[0]
                 continue
-            t = tasks.get(tid)
-            if t is not None and t.stages_done >= done:
-                tg = e.row(t.confidences[done - 1])
+            conf = self._confs.get((tid, done))
+            if conf is not None:
+                tg = e.row(conf)
                 if tg is not None:
                     self._targets = tg
 
@@ -713,6 +764,8 @@ class OffPathPlanner:
         t = self._first_mandatory(tasks)
         if t is not None:
             d.run = [t.task_id]
+            if self.policy.batching:
+                d.run += self._mandatory_mates(now, self.policy.times.plan(1), t, tasks)
             return
         while front is not None:
             if not front.complete and now + plan(front.stages_done + 1) <= front.deadline:
@@ -722,7 +775,7 @@ class OffPathPlanner:
             heapq.heappop(self._all)
             front = self._front(tasks)
 
-    def _mandatory_latest(self, tasks: Mapping[int, Task], scan: int = 16) -> float:
+    def _mandatory_latest(self, tasks: Mapping[int, Task], scan: int = 8) -> float:
         """Latest start of the waiting mandatory stages back to back (the first ``scan``)."""
         p1 = self.policy.times.plan(1)
         latest, need = INF, 0.0

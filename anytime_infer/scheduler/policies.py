@@ -150,7 +150,7 @@ class ImpreciseDP(Policy):
     name = 'imprecise_dp'
     anytime = True
     contingent = True        # plans off the critical path (``prepare``; see planner.py)
-    chain = 8                # exits of the running task one contingent plan covers
+    chain = 1                # exits of the running task one contingent plan covers
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None,
                  flat: bool = False, quantum: float = 0.01, horizon: int = 6,

@@ -296,21 +296,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
             # of the stage that ended, frames admitted, results published at their
             # deadline), then look the plan up. All of it is charged.
             t0 = clock()
-            for tid in gone:
-                link.removed(tid)
-            for tid in ended:
-                task = pending.get(tid)
-                if task is not None:
-                    link.stage_done(tid, task.stages_done, task.confidences[-1])
-            for task in fresh:
-                link.arrived(task)
-            dec = link.decide(now, pending, ended)
-            for tid, _ in dec.drop:
-                link.removed(tid)
-            for tid in dec.finish:
-                link.removed(tid)
-            if dec.run:
-                seq = link.stage_start(now, dec.run, pending[dec.run[0]].stages_done + 1)
+            dec = link.boundary(now, pending, ended, fresh, gone)
             spent = max(clock() - t0 - tare, 0.0)
             link.boundary_time(spent)
         else:
@@ -331,7 +317,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
                 publish(pending[tid], now)
         run = [pending[t] for t in dec.run if t in pending]
         if link is not None and dec.run:
-            snap = (seq, now)
+            snap = (link.seq, now)
             pump()                                # a free planner starts at once
         ended = []
         if run:
