@@ -186,6 +186,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for model in args.models.split(','):
             _planner_scale(model, args.out, args.scale_runs)
         return 0
+    if args.policy_table:
+        from anytime_infer.policy_table import policy_markdown, policy_rows
+        rows = policy_rows(args.models.split(','), _floats(args.loads) or [1.0, 2.0, 3.0],
+                           frames=args.frames, seed=args.seed,
+                           progress=lambda r: print(f'{r["case"]} {r["load"]:g}x done',
+                                                    file=sys.stderr))
+        print(policy_markdown(rows))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, 'policy_table.json'), 'w') as f:
+            json.dump(rows, f, indent=1)
+        return 0
     loads = _floats(args.loads) or list(LOADS)
     for model in args.models.split(','):
         _planner_scale(model, args.out, args.scale_runs)
@@ -238,6 +249,10 @@ def _add_bench(sub) -> None:
     p.add_argument('--planner-scale', action='store_true',
                    help='only the planner scale benchmark: boundary lookup and planning time '
                    'for 8/32/128/256 pending tasks (also part of the full bench)')
+    p.add_argument('--policy-table', action='store_true',
+                   help='only which policy wins where: imprecise_dp (planner thread and '
+                   'inline), free, greedy, best static, oracle at loads 1-3x (or --loads), '
+                   'CPU and fast-accelerator stage times, one interleaved run')
     p.add_argument('--scale-runs', type=int, default=200,
                    help='runs per size of the planner scale benchmark')
     p.set_defaults(func=_cmd_bench)

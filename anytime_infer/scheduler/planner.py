@@ -552,7 +552,7 @@ class OffPathPlanner:
             d.run = [front.task_id]
             if pol.batching:
                 d.run += self._mandatory_mates(now, p1, front, tasks)
-        elif (exact or self.follow_stale) and self._targets is not None and \
+        elif (exact or self.follow_stale or not self._new_n) and self._targets is not None and \
                 (ok := self._follow(now, self._targets, front, tasks, d)):
             if exact:
                 st.exact += 1

@@ -1,0 +1,94 @@
+"""
+Which policy wins where: one interleaved run of the policies, as README tables.
+
+``anytime-infer bench --policy-table`` runs, for each bundled model, at its CPU stage
+times (its profile) and at fast-accelerator stage times (the mean stage times divided by a
+factor, as ``checks/planner`` does), at loads 1x, 2x and 3x: ``imprecise_dp`` with its
+decisions charged (planner thread, the default) and inline (one core), the same free of
+decision cost (the bound), ``greedy``, every static depth and the oracle. The runs of one
+(case, load) follow each other, so machine load drifts affect them alike.
+"""
+from typing import Dict, List, Sequence, Tuple
+
+from anytime_infer.evaluation import bundled_source, run_policy, Source, trace_source
+
+FAST = {'fashion_mnist': 5.0, 'traffic_lights': 15.0}   # stage-time divisors (checks/planner)
+COLUMNS = ('dp (thread)', 'dp (inline)', 'dp free', 'greedy', 'best static', 'oracle')
+
+
+def _cases(models: Sequence[str]) -> List[Tuple[str, Source]]:
+    import os
+    from anytime_infer.evaluation import TRACE_FILE
+    from anytime_infer.model.store import resolve_model_dir
+    out = []
+    for m in models:
+        src = bundled_source(m)
+        out.append((f'{m}, CPU stage times', src))
+        factor = FAST.get(m)
+        if factor:
+            n = src.profile.num_stages
+            ms = [src.profile.stage_mean(k) * 1000.0 / factor for k in range(1, n + 1)]
+            path = os.path.join(resolve_model_dir(m), TRACE_FILE)
+            out.append((f'{m}, stage times /{factor:g}', trace_source(path, ms, seed=11)))
+    return out
+
+
+def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
+                frames: int = 2000, seed: int = 11, progress=None) -> List[Dict]:
+    """One row per (case, load): accuracy of every column, misses and decision times."""
+    rows = []
+    for label, src in _cases(models):
+        n = src.profile.num_stages
+        for load in loads:
+            kw = {'frames': frames, 'seed': seed}
+            thread = run_policy(src, 'imprecise_dp', load, **kw)
+            inline = run_policy(src, 'imprecise_dp', load, planner='inline', **kw)
+            free = run_policy(src, 'imprecise_dp', load, charge_decisions=False, **kw)
+            greedy = run_policy(src, 'greedy', load, **kw)
+            static = max((run_policy(src, 'fixed_depth', load, depth=k, **kw)
+                          for k in range(1, n + 1)), key=lambda r: r['accuracy'])
+            oracle = run_policy(src, 'oracle', load, charge_decisions=False, **kw)
+            row = {'case': label, 'load': load,
+                   'dp (thread)': thread['accuracy'], 'dp (inline)': inline['accuracy'],
+                   'dp free': free['accuracy'], 'greedy': greedy['accuracy'],
+                   'best static': static['accuracy'], 'static depth': static['policy'],
+                   'oracle': oracle['accuracy'], 'oracle run': oracle.get('oracle_source'),
+                   'dp miss': thread['miss_rate'],
+                   'dp boundary ms p50': thread['decision_ms_p50'],
+                   'inline decision ms p50': inline['decision_ms_p50'],
+                   'greedy decision ms p50': greedy['decision_ms_p50'],
+                   'planner ms p50': thread.get('planner_ms_p50', 0.0),
+                   'mean stage ms': thread['mean_stage_ms']}
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def winner(row: Dict) -> str:
+    """Return the best charged policy of a row (ties within 0.5 points listed together)."""
+    charged = {'dp': max(row['dp (thread)'], row['dp (inline)']), 'greedy': row['greedy'],
+               'static': row['best static']}
+    top = max(charged.values())
+    return ' = '.join(k for k, v in charged.items() if v >= top - 0.005)
+
+
+def policy_markdown(rows: List[Dict]) -> str:
+    """Format the rows as one markdown table per case."""
+    out = []
+    for case in dict.fromkeys(r['case'] for r in rows):
+        sub = [r for r in rows if r['case'] == case]
+        out.append(f'**{case}** (mean stage {sub[0]["mean stage ms"]:.3f} ms)\n')
+        out.append('| load | ' + ' | '.join(COLUMNS) + ' | dp miss | boundary / inline / '
+                   'greedy decision p50 ms | planner p50 ms | wins (charged) |')
+        out.append('|' + '---|' * (len(COLUMNS) + 5))
+        for r in sub:
+            cells = [f'{r[c]:.3f}' for c in COLUMNS]
+            cells[COLUMNS.index('best static')] += f' ({r["static depth"]})'
+            out.append(f'| {r["load"]:g}x | ' + ' | '.join(cells) +
+                       f' | {100 * r["dp miss"]:.2f} % | {r["dp boundary ms p50"]:.3f} / '
+                       f'{r["inline decision ms p50"]:.3f} / '
+                       f'{r["greedy decision ms p50"]:.3f} | {r["planner ms p50"]:.3f} | '
+                       f'{winner(r)} |')
+        out.append('')
+    return '\n'.join(out)
