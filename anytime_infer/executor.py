@@ -38,7 +38,7 @@ ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
 # quota are far above it.
 STALL_FACTOR = 5.0
 HEALTH_SAMPLES = 16
-HEALTH_WINDOW_S = 5.0
+HEALTH_WINDOW_S = 2.0
 # Failing runs in a row (raised, or any non-finite exit output) after which a stage, and
 # every stage after it, is no longer run by this executor (until a new one is configured).
 FAIL_LIMIT = 3

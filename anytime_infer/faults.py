@@ -8,7 +8,7 @@ frames to an ``Executor`` at a fixed rate through phases (each with its fault) a
 returns every outcome; ``window`` summarises the outcomes of frames that arrived in a
 time window. ``python -m anytime_infer.faults`` prints the figures of README's "Faults
 and stalls": depth and on-time share before, during and after a stall, at several loads,
-and how fast the plans adapt to a 10x slowdown.
+how fast the plans adapt to a 10x slowdown, and the worker's overhead at 1x and 2x.
 """
 import argparse
 from dataclasses import dataclass
@@ -244,11 +244,33 @@ def _throttle_run(images, rate: float, deadline_s: float, log) -> Dict:
             'before': before, 'first_s': first, 'settled': settled, 'after': after}
 
 
+def _overhead_run(images, load: float, deadline_s: float, log) -> Dict:
+    """Two cameras at ``load`` times the calibrated full-depth capacity, no fault."""
+    ex, outcomes = make_executor()
+    rate = load / ex.profile.full_depth_mean()
+    faults = FaultyStages(ex.net)
+    ex.start()
+    try:
+        drive(ex, images, rate, deadline_s, [(6.0, None)], faults, cameras=2)
+    finally:
+        ex.stop()
+    st = ex.stats()
+    w = window(outcomes, 1.0, 6.0)
+    log(f'{load:.1f}x ({rate:.0f} Hz, 2 cameras) | on time {w["on_time"]:.3f} depth '
+        f'{w["depth"]:.2f} | overhead per stage p50 {st["overhead_ms_p50"]:.3f} ms, share '
+        f'of busy time {st["overhead_share"]:.3f} (CPU time {st["overhead_cpu_share"]:.3f}):'
+        f' admit {st["admit_share"]:.3f}, decide {st["decide_share"]:.3f}, dispatch '
+        f'{st["dispatch_share"]:.3f}')
+    return {'load': load, 'rate_hz': rate, 'window': w, 'stats': st}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Print the stall-recovery and throttling figures."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--rates', default='20,100,400', help='frame rates (Hz), comma-separated')
     ap.add_argument('--stalls', default='0.5,2,6', help='stall lengths (s), comma-separated')
+    ap.add_argument('--overhead-loads', default='1,2',
+                    help='loads (x full-depth capacity) for the overhead figures')
     ap.add_argument('--deadline-ms', type=float, default=50.0)
     args = ap.parse_args(argv)
     from anytime_infer.camera_player import load_samples
@@ -260,6 +282,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             _stall_run(images, rate, stall, args.deadline_ms / 1000, print)
     for rate in rates:
         _throttle_run(images, rate, args.deadline_ms / 1000, print)
+    for load in (float(x) for x in args.overhead_loads.split(',') if x):
+        _overhead_run(images, load, args.deadline_ms / 1000, print)
     return 0
 
 
