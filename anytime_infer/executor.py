@@ -423,6 +423,12 @@ class Executor:
                     self._finish(tid, now)
                 else:
                     self._drop(tid, SHUTDOWN, now)
+            # A frame whose last task was closed when an interrupt cut this phase short.
+            for frame in list(self._frames.values()):
+                frame['open'] &= self._tasks.keys()
+                if not frame['open']:
+                    frame['reasons'].append(SHUTDOWN)
+                    self._maybe_emit(frame, now)
 
     # -- worker ---------------------------------------------------------------------------
     def _make_policy(self, name: str, depth: Optional[int]) -> Policy:

@@ -41,7 +41,8 @@ class FaultyStages:
         self.real = net.run_stage
         self.fault = Fault()
         self.runs: Dict[int, int] = {}
-        self.durations: List[Tuple[float, int, float]] = []   # (end, stage, seconds) wall
+        # (end, stage, batch size, seconds), wall clock
+        self.durations: List[Tuple[float, int, int, float]] = []
         net.run_stage = self.run_stage
 
     def set_fault(self, fault: Optional[Fault]) -> None:
@@ -76,7 +77,7 @@ class FaultyStages:
                 state = state * float('nan')
                 logits = logits * float('nan')
         end = time.monotonic()
-        self.durations.append((end, k, end - w0))
+        self.durations.append((end, k, len(state), end - w0))
         return state, logits
 
 
@@ -223,9 +224,9 @@ def _throttle_run(images, rate: float, deadline_s: float, log) -> Dict:
                    probe=probe)    # the executor's clock is time.monotonic, as faults'
     finally:
         ex.stop()
-    # Adapted: the stage-1 plan covers 90 % of the stage-1 runs under throttling.
-    hot_runs = [d for end, k, d in faults.durations
-                if k == 1 and pre + 0.5 <= end - t0 < pre + hot]
+    # Adapted: the stage-1 plan covers 90 % of the stage-1 runs (batch 1) under throttling.
+    hot_runs = [d for end, k, b, d in faults.durations
+                if k == 1 and b == 1 and pre + 0.5 <= end - t0 < pre + hot]
     hot_p90 = float(np.percentile(hot_runs, 90)) if hot_runs else np.inf
     adapted = next((t - pre for t, p, _, _ in series if t >= pre and p >= hot_p90), np.inf)
     detected = next((t - pre for t, _, _, s in series if t >= pre and s), np.inf)
@@ -278,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     images = load_samples('fashion_mnist')['images']
     rates = [float(r) for r in args.rates.split(',')]
     for rate in rates:
-        for stall in (float(s) for s in args.stalls.split(',')):
+        for stall in (float(s) for s in args.stalls.split(',') if s):
             _stall_run(images, rate, stall, args.deadline_ms / 1000, print)
     for rate in rates:
         _throttle_run(images, rate, args.deadline_ms / 1000, print)
