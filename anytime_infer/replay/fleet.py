@@ -178,7 +178,6 @@ def _node_id() -> str:
     return 'local'
 
 
-
 def _remove_temporaries(out: str, name: str) -> None:
     prefix = f'.{name}.tmp-'
     for entry in os.listdir(out):
