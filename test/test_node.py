@@ -20,6 +20,7 @@ TOPICS = ['camera_front/image_raw', 'camera_rear/image_raw']
 REMAPS = ['-r', 'camera_front/image_raw:=/test/front/image_raw',
           '-r', 'camera_rear/image_raw:=/test/rear/image_raw']
 REMAPPED = ['/test/front/image_raw', '/test/rear/image_raw']
+LIGHT_DEADLINE_MS = 1000.0
 
 
 def launch_like_command(repo_root, extra=()):
@@ -88,20 +89,20 @@ def jitter_deadline_ms(summary, floor_ms: float) -> float:
 def test_light_load_every_frame_one_outcome_full_accuracy(ros, node_process):
     from anytime_infer.msg import DetectionArray
     samples = load_samples('fashion_mnist')
-    probe = play(ros, REMAPPED, samples, rate_hz=10.0, frames=20, size=56, warmup_s=60.0,
-                 reliable_images=True).summary()
-    deadline = jitter_deadline_ms(probe, 60.0)
-    set_parameters(ros, '/anytime_infer', deadline_ms=deadline)
-    tally = play(ros, REMAPPED, samples, rate_hz=10.0, frames=60, size=56,
+    # Light load: a deadline far above both the work (~3 ms a frame) and the time this
+    # process waits for a core on a shared machine (p99 response times of 0.15-0.5 s were
+    # seen beside a CPU hog and other test runs; a 20-frame probe of it did not predict the
+    # next seconds). Whether a tight deadline holds is a matter of this machine's speed:
+    # the overload test and the benchmarks measure that.
+    set_parameters(ros, '/anytime_infer', deadline_ms=LIGHT_DEADLINE_MS)
+    tally = play(ros, REMAPPED, samples, rate_hz=10.0, frames=60, size=56, warmup_s=60.0,
                  reliable_images=True)
     s = tally.summary()
-    print(f'light (deadline {deadline:.0f} ms)', s)
+    print(f'light (deadline {LIGHT_DEADLINE_MS:.0f} ms)', s)
     assert s['sent'] == 120
     assert s['missing'] == 0 and s['duplicates'] == 0 and s['unknown'] == 0, s
     assert s['frame_id_mismatch'] == 0, s
-    # On time: all but the frames whose process was starved past even this deadline (seen
-    # with a CPU hog and other test runs on the 2 cores: p99 response times of 0.5 s).
-    assert s['on_time'] >= 0.95 * s['sent'], s
+    assert s['on_time'] >= 0.98 * s['sent'], s
     index = sample_index(tally, REMAPPED, len(samples['images']))
     on_time = [(k, m) for k, m in tally.outcomes.items() if m.outcome == DetectionArray.ON_TIME]
     depth = np.mean([m.detections[0].depth_reached for _, m in on_time])
