@@ -255,30 +255,32 @@ def plot_fleet(path: str, s: Dict) -> str:
         dep = [by[n]['policies'].get(p, {}).get('mean_depth', np.nan) for n in names]
         axes[0].barh(off, acc, h, label=p)
         axes[1].barh(off, dep, h, label=p)
-    left = np.zeros(len(names))
-    p0 = pols[0]
-    for kind in ('on_time', 'late', 'dropped'):
-        vals = []
-        for n in names:
-            x = by[n]['policies'].get(p0)
-            if x is None:
-                vals.append(0.0)
-                continue
-            c = sum(x['dropped'].values()) if kind == 'dropped' else x[kind]
-            vals.append(c / max(x['frames_in'], 1))
-        axes[2].barh(y, vals, 0.8, left=left, label=kind)
-        left += np.array(vals)
+    colors = {'on_time': 'tab:green', 'late': 'tab:orange', 'dropped': 'tab:red'}
+    for j, p in enumerate(pols):   # one stacked bar per bag and policy, in policy order
+        off = y + 0.4 - h * (j + 0.5)
+        left = np.zeros(len(names))
+        for kind, color in colors.items():
+            vals = []
+            for n in names:
+                x = by[n]['policies'].get(p)
+                c = 0.0 if x is None else (sum(x['dropped'].values()) if kind == 'dropped'
+                                           else x[kind])
+                vals.append(c / max(x['frames_in'], 1) if x else 0.0)
+            axes[2].barh(off, vals, h * 0.9, left=left, color=color,
+                         label=kind if j == 0 else None)
+            left += np.array(vals)
     labels = [n if by[n]['ok'] else f'{n} (failed)' for n in names]
     axes[0].set_yticks(y, labels, fontsize=7)
     axes[0].set_xlabel('accuracy (bags with ground truth)')
     axes[0].set_xlim(0, 1)
     axes[1].set_xlabel('mean depth (stages)')
-    axes[2].set_xlabel(f'share of frames ({p0})')
+    axes[2].set_xlabel('share of frames (bars in the policy order of the other plots)')
     axes[2].set_xlim(0, 1)
     for ax, title in zip(axes, ('accuracy per bag', 'depth per bag', 'outcome shares')):
         ax.set_title(title + (f', worst {len(names)} of {len(by)}' if len(by) > len(names)
                               else ''))
-        ax.legend(fontsize=7, loc='lower right')
+        ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.14),
+                  ncol=max(len(pols), 3))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
