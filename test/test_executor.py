@@ -39,7 +39,7 @@ def test_every_job_ends_in_one_outcome_with_results():
     n = 20
     for i in range(n):
         now = time.monotonic()
-        ex.submit(FrameJob(i % 2, now, now + 1.0, samples['images'][i:i + 1], meta=i))
+        ex.submit(FrameJob(i % 2, now, now + 3.0, samples['images'][i:i + 1], meta=i))
     assert wait_for(lambda: len(outcomes) == n)
     ex.stop()
     assert sorted(o.job.meta for o in outcomes) == list(range(n))
