@@ -286,7 +286,12 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
     by_id = {t.task_id: t for t in tasks}
     run = [by_id[i] for i in running if i in by_id]
     if run:
-        start = now + times.plan(stage, len(run))
+        # The boundary is planned at the stage's expected end (its median time): later
+        # stages are planned on the high percentile, and the worker's guards check the
+        # real time; a stage that ends early would otherwise leave its slack unplanned.
+        b = len(run)
+        start = now + times.calibrated(stage, b)[0] * times.scale(stage, b) + \
+            times.overhead
         hyp: Dict[int, Task] = {}
         for j, t in enumerate(run):
             # The first task's outcome is enumerated; batch mates' outcomes are unknown
