@@ -4,7 +4,8 @@ import threading
 from typing import Dict
 
 from anytime_infer.scheduler import make_policy, Task
-from anytime_infer.scheduler.planner import contingent_entry, heap_smallest, OffPathPlanner
+from anytime_infer.scheduler.planner import contingent_entry, expected_time, heap_smallest, \
+    OffPathPlanner
 from anytime_infer.scheduler.policies import ImpreciseDP
 from anytime_infer.scheduler.simulator import make_streams, simulate
 from anytime_infer.scheduler.timing import StageTimes
@@ -68,7 +69,7 @@ def test_a_fresh_plan_gives_the_inline_dps_decision():
         front.stages_done, conf = stage, float(rng.random())
         front.confidences.append(conf)
         link.stage_done(front.task_id, stage, conf)
-        now = pol.times.plan(stage)                # the stage ended when planned
+        now = expected_time(pol.times, stage)      # the stage ended when expected
         dec = link.decide(now, by_id, [front.task_id])
         st = link.stats
         assert st.mandatory + st.exact + st.fallback == st.boundaries

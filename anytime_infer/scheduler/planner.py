@@ -289,9 +289,7 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
         # The boundary is planned at the stage's expected end (its median time): later
         # stages are planned on the high percentile, and the worker's guards check the
         # real time; a stage that ends early would otherwise leave its slack unplanned.
-        b = len(run)
-        start = now + times.calibrated(stage, b)[0] * times.scale(stage, b) + \
-            times.overhead
+        start = now + expected_time(times, stage, len(run))
         hyp: Dict[int, Task] = {}
         for j, t in enumerate(run):
             # The first task's outcome is enumerated; batch mates' outcomes are unknown
@@ -342,6 +340,11 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
                         plan.table.append((k_f, ed, _bin(ed, t.last_confidence), deeper))
     plan.planner_s = time.perf_counter() - t0
     return plan
+
+
+def expected_time(times, stage: int, batch: int = 1) -> float:
+    """Return the expected time (s) of a stage: its median, scaled as measured, + overhead."""
+    return times.calibrated(stage, batch)[0] * times.scale(stage, batch) + times.overhead
 
 
 def _bin(edges: Optional[Sequence[float]], conf: Optional[float]) -> int:
