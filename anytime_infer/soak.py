@@ -138,13 +138,16 @@ class AnswerCounter:
         self.answers = 0
         self.duplicates = 0
         self.by_outcome = {'on_time': 0, 'late': 0, 'dropped': 0}
+        self.late_latency_ms: List[float] = []    # arrival to publication, late answers
         self.lock = threading.Lock()
 
-    def add(self, camera: int, stamp_ns: int, outcome: str) -> None:
+    def add(self, camera: int, stamp_ns: int, outcome: str, latency_ms: float = 0.0) -> None:
         """Count one DetectionArray for a frame."""
         with self.lock:
             self.answers += 1
             self.by_outcome[outcome] = self.by_outcome.get(outcome, 0) + 1
+            if outcome == 'late' and len(self.late_latency_ms) < 1_000_000:
+                self.late_latency_ms.append(latency_ms)
             seen, order = self.seen[camera], self.order[camera]
             if stamp_ns in seen:
                 self.duplicates += 1
@@ -248,7 +251,11 @@ def markdown(result: Dict) -> str:
               f'{s["on_time"]}, late '
               f'{s["late"]}, dropped {s["dropped"]} {s["drops_by_reason"]}; mean depth '
               f'{s["mean_depth"]:.2f}',
-              f'- answers seen by the cameras {s["answers"]} (duplicates {s["duplicates"]})',
+              f'- answers seen by the cameras {s["answers"]} (duplicates {s["duplicates"]}); '
+              'late answers, arrival to publication (ms): p50 / p99 / max '
+              f'{_ms_or_na(s["late_latency_ms"], "p50")} / '
+              f'{_ms_or_na(s["late_latency_ms"], "p99")} / '
+              f'{_ms_or_na(s["late_latency_ms"], "max")} (deadline {s["deadline_ms"]:g} ms)',
               f'- node exit code {s["node_exit_code"]}, log lines with ERROR or Traceback: '
               f'{s["log_errors"]}', '', '| target | result | value | bound |',
               '|---|---|---|---|']
@@ -256,6 +263,10 @@ def markdown(result: Dict) -> str:
         lines.append(f'| {t["name"]} | {"PASS" if t["ok"] else "FAIL"} | {t["value"]} | '
                      f'{t["bound"]} |')
     return '\n'.join(lines)
+
+
+def _ms_or_na(values: Dict, key: str) -> str:
+    return 'n/a' if values.get(key) is None else f'{values[key]:.1f}'
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -465,6 +476,7 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
     params = cfg.params or os.path.join(repo, 'config', 'anytime_infer.yaml')
     topics = [f'/soak/camera_{i}/image_raw' for i in range(cfg.cameras)]
     log_path = os.path.join(cfg.out, 'node.log')
+    revision = _revision(repo)
     cmd = node_command(params, node_params(cfg, topics))
     log(f'soak: starting the node: {" ".join(cmd)}')
     with open(log_path, 'w') as node_log:
@@ -498,7 +510,8 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
             DetectionArray, f'/soak/camera_{i}/detections',
             lambda m, i=i: counter.add(
                 i, m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec,
-                outcome_name.get(m.outcome, 'unknown')), deep)
+                outcome_name.get(m.outcome, 'unknown'),
+                m.latency.sec * 1e3 + m.latency.nanosec * 1e-6), deep)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     player = None
@@ -526,7 +539,7 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
         log(f'soak: full-depth time {1000 * full_s:.3f} ms ({source}) -> {cfg.load}x = '
             f'{rate_total:.0f} frames/s ({rate_total / cfg.cameras:.0f} Hz per camera) for '
             f'{cfg.duration_s:.0f} s')
-        queue_bound = _param_int(params, cfg.extra_params, 'max_queue', 64)
+        queue_bound = _param(params, cfg.extra_params, 'max_queue', 64)
         cal_sent = player.sent()
         player.command(rate=rate_total / cfg.cameras, seconds=cfg.duration_s)
         t0 = time.monotonic()
@@ -569,7 +582,9 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
         executor.shutdown()
         ros.destroy_node()
         rclpy.shutdown()
-    capacity = {'revision': _revision(repo), 'full_depth_s': full_s, 'capacity_source': source,
+    capacity = {'revision': revision, 'full_depth_s': full_s,
+                'deadline_ms': _param(params, cfg.extra_params, 'deadline_ms', 100.0, float),
+                'capacity_source': source,
                 'profile_full_depth_s': profile_s, 'planning_full_depth_s': planning_s}
     result = _result(cfg, samples, counter, queue_bound, capacity, rate_total, player,
                      cal_sent, exit_code, log_path)
@@ -584,16 +599,16 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
     return result
 
 
-def _param_int(params: str, extra: List[str], name: str, default: int) -> int:
-    """Return an integer parameter as the node gets it: the file, then -p overrides."""
+def _param(params: str, extra: List[str], name: str, default, kind=int):
+    """Return a number parameter as the node gets it: the file, then -p overrides."""
     import yaml
     value = default
     with open(params) as f:
         for node in (yaml.safe_load(f) or {}).values():
-            value = int(node.get('ros__parameters', {}).get(name, value))
+            value = kind(node.get('ros__parameters', {}).get(name, value))
     for item in extra:
         if item.startswith(name + ':='):
-            value = int(item.split(':=', 1)[1])
+            value = kind(item.split(':=', 1)[1])
     return value
 
 
@@ -621,6 +636,15 @@ def _stop(node: subprocess.Popen) -> Optional[int]:
     return node.returncode
 
 
+def _percentiles(values: List[float]) -> Dict[str, Optional[float]]:
+    """Return p50, p99 and max of some values (None when there are none)."""
+    if not values:
+        return {'p50': None, 'p99': None, 'max': None}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {'p50': round(float(p50), 2), 'p99': round(float(p99), 2),
+            'max': round(float(max(values)), 2)}
+
+
 def _result(cfg, samples, counter, queue_bound, capacity, rate_total, player, cal_sent,
             exit_code, log_path) -> Dict:
     run = [s for s in samples if s['phase'] == 'run']
@@ -643,6 +667,7 @@ def _result(cfg, samples, counter, queue_bound, capacity, rate_total, player, ca
         'late': last['late'], 'dropped': last['dropped'],
         'drops_by_reason': last['drops_by_reason'], 'mean_depth': last['mean_depth'],
         'answers': snap['answers'], 'duplicates': snap['duplicates'],
+        'late_latency_ms': _percentiles(counter.late_latency_ms),
         'skipped_by_player': int(player.latest.get('skipped', 0)),
         'node_exit_code': exit_code, 'log_errors': log_errors, 'queue_bound': queue_bound,
     }

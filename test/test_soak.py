@@ -56,8 +56,9 @@ def test_answer_counter_finds_duplicates_and_forgets_old_frames():
     for k in range(100):
         c.add(0, k * 100_000_000, 'on_time')
         c.add(1, k * 100_000_000, 'dropped')
-    c.add(1, 99 * 100_000_000, 'late')
+    c.add(1, 99 * 100_000_000, 'late', 61.5)
     snap = c.snapshot()
+    assert c.late_latency_ms == [61.5]
     assert snap['answers'] == 201 and snap['duplicates'] == 1
     assert snap['answers_by_outcome'] == {'on_time': 100, 'late': 1, 'dropped': 100}
     assert max(len(s) for s in c.seen) <= 12
@@ -98,6 +99,7 @@ def test_short_soak_through_the_node(tmp_path):
     # After the cameras stopped, every frame the node received was answered, once.
     assert last['in_flight'] == 0 and last['answers'] == last['received'], last
     assert saved['summary']['duplicates'] == 0
+    assert set(saved['summary']['late_latency_ms']) == {'p50', 'p99', 'max'}
     assert saved['summary']['node_exit_code'] == 0
     assert {t['name'] for t in saved['targets']} == {
         'node_alive', 'rss_growth_mb', 'threads_flat', 'fds_flat', 'accounting',
@@ -106,3 +108,4 @@ def test_short_soak_through_the_node(tmp_path):
     assert {t['name']: t['ok'] for t in saved['targets']}['accounting']
     md = markdown(saved)
     assert '| accounting | PASS |' in md and 'camera player reached' in md
+    print(md)
