@@ -150,10 +150,12 @@ def _add_simulate(sub) -> None:
                    'where the calibrated batch latency is cheaper)')
     p.add_argument('--no-charge-decisions', action='store_true',
                    help="do not charge the policy's own decision time to the worker")
-    p.add_argument('--planner', default='thread', choices=['thread', 'inline'],
+    p.add_argument('--planner', default='auto', choices=['auto', 'thread', 'inline'],
                    help='DP policies: plan on a planner thread while stages run, the worker '
                    'looks the plan up at each boundary (thread), or decide at the boundary '
-                   '(inline, one core); every policy is charged what its worker waits for')
+                   '(inline, one core); auto: thread where one decision, measured here, '
+                   'costs half a mean stage or more; every policy is charged what its '
+                   'worker waits for')
     p.add_argument('--decision-clock', default='cpu', choices=['cpu', 'wall'],
                    help='time decisions by the thread CPU time (a core of its own; default) '
                    'or by wall time (a shared machine preempts them)')

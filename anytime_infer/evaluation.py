@@ -66,7 +66,7 @@ def run_policy(src: Source, policy: str, load: float, depth: Optional[int] = Non
                seed: int = 0, arrival: str = 'periodic', percentile: int = 95,
                adapt: bool = True, batching: bool = True, charge_decisions: bool = True,
                weights: Optional[List[float]] = None,
-               rate_ratios: Optional[List[float]] = None, planner: str = 'thread',
+               rate_ratios: Optional[List[float]] = None, planner: str = 'auto',
                decision_clock: str = 'cpu') -> Dict:
     """Simulate one policy at one load; return the summary dict (JSON-ready)."""
     times = StageTimes(src.profile, percentile=percentile, adapt=adapt)

@@ -35,10 +35,13 @@ def _cases(models: Sequence[str]) -> List[Tuple[str, Source]]:
 
 def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
                 frames: int = 2000, seed: int = 11, progress=None) -> List[Dict]:
-    """One row per (case, load): accuracy of every column, misses and decision times."""
+    """Return one row per (case, load): every column's accuracy, misses, decision times."""
+    import time
+    from anytime_infer.scheduler.planner import choose_planner
     rows = []
     for label, src in _cases(models):
         n = src.profile.num_stages
+        auto, ratio = choose_planner(src.profile, time.thread_time)
         for load in loads:
             kw = {'frames': frames, 'seed': seed}
             thread = run_policy(src, 'imprecise_dp', load, **kw)
@@ -48,7 +51,7 @@ def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
             static = max((run_policy(src, 'fixed_depth', load, depth=k, **kw)
                           for k in range(1, n + 1)), key=lambda r: r['accuracy'])
             oracle = run_policy(src, 'oracle', load, charge_decisions=False, **kw)
-            row = {'case': label, 'load': load,
+            row = {'case': label, 'load': load, 'auto': auto, 'cost ratio': ratio,
                    'dp (thread)': thread['accuracy'], 'dp (inline)': inline['accuracy'],
                    'dp free': free['accuracy'], 'greedy': greedy['accuracy'],
                    'best static': static['accuracy'], 'static depth': static['policy'],
@@ -66,8 +69,12 @@ def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
 
 
 def winner(row: Dict) -> str:
-    """Return the best charged policy of a row (ties within 0.5 points listed together)."""
-    charged = {'dp': max(row['dp (thread)'], row['dp (inline)']), 'greedy': row['greedy'],
+    """
+    Return the best charged policy of a row (ties within 0.5 points listed together).
+
+    The DP is counted in the mode ``--planner auto`` picks for the case.
+    """
+    charged = {'dp': row[f'dp ({row["auto"]})'], 'greedy': row['greedy'],
                'static': row['best static']}
     top = max(charged.values())
     return ' = '.join(k for k, v in charged.items() if v >= top - 0.005)
@@ -78,7 +85,9 @@ def policy_markdown(rows: List[Dict]) -> str:
     out = []
     for case in dict.fromkeys(r['case'] for r in rows):
         sub = [r for r in rows if r['case'] == case]
-        out.append(f'**{case}** (mean stage {sub[0]["mean stage ms"]:.3f} ms)\n')
+        out.append(f'**{case}** (mean stage {sub[0]["mean stage ms"]:.3f} ms; one inline '
+                   f'decision {sub[0]["cost ratio"]:.2f} of it: `--planner auto` picks '
+                   f'{sub[0]["auto"]})\n')
         out.append('| load | ' + ' | '.join(COLUMNS) + ' | dp miss | boundary / inline / '
                    'greedy decision p50 ms | planner p50 ms | wins (charged) |')
         out.append('|' + '---|' * (len(COLUMNS) + 5))

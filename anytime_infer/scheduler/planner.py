@@ -342,6 +342,49 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
     return plan
 
 
+AUTO_RATIO = 0.5    # plan off the critical path when a decision costs this much of a stage
+
+
+def inline_cost(profile, clock=time.perf_counter, tasks: int = 12, runs: int = 40) -> float:
+    """
+    Measure what one inline DP decision costs here (s, median), on a loaded state.
+
+    ``tasks`` pending tasks, deadlines a stage or two apart, some with results; a new
+    policy each run (no cached table helps), so this is the decision's full cost.
+    """
+    from anytime_infer.scheduler.policies import ImpreciseDP
+    from anytime_infer.scheduler.timing import StageTimes
+    rng = np.random.default_rng(0)
+    stage = profile.full_depth_mean() / profile.num_stages
+    spent = []
+    for r in range(runs):
+        state = []
+        for i in range(tasks):
+            t = Task(i, i % 4, 0.0, stage * (1.5 * i + 2.0), profile.num_stages)
+            t.stages_done = 1 if i == 0 else int(rng.integers(0, 3))
+            t.confidences = [float(rng.random()) for _ in range(t.stages_done)]
+            state.append(t)
+        pol = ImpreciseDP(profile, StageTimes(profile))
+        t0 = clock()
+        pol.decide(0.0, state)
+        spent.append(clock() - t0)
+    return float(np.median(spent))
+
+
+def choose_planner(profile, clock=time.perf_counter) -> Tuple[str, float]:
+    """
+    Pick how the DP decides from measured costs: ('thread' or 'inline', cost ratio).
+
+    The ratio is one inline decision's measured cost over the mean stage time. Where it is
+    small the DP decides at the boundary with everything known (the exact decision, cheap
+    enough); where a decision costs half a stage or more, it plans off the critical path
+    and the worker only looks the plan up (measured on the bundled models: README).
+    """
+    stage = profile.full_depth_mean() / profile.num_stages
+    ratio = inline_cost(profile, clock) / stage
+    return ('thread' if ratio >= AUTO_RATIO else 'inline'), ratio
+
+
 def expected_time(times, stage: int, batch: int = 1) -> float:
     """Return the expected time (s) of a stage: its median, scaled as measured, + overhead."""
     return times.calibrated(stage, batch)[0] * times.scale(stage, batch) + times.overhead

@@ -14,7 +14,7 @@ import math
 import time
 from typing import Dict, List, Optional
 
-from anytime_infer.scheduler.planner import OffPathPlanner
+from anytime_infer.scheduler.planner import choose_planner, OffPathPlanner
 from anytime_infer.scheduler.policies import Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import DROP_REASONS, SHUTDOWN, Task
@@ -150,14 +150,14 @@ def make_arrivals(streams: List[Stream], frames: int, kind: str, rng: np.random.
     return out[:frames]
 
 
-PLANNERS = ('thread', 'inline')
+PLANNERS = ('auto', 'thread', 'inline')
 CLOCKS = {'cpu': time.thread_time, 'wall': time.perf_counter}
 
 
 def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[Stream],
              frames: int = 3000, seed: int = 0, arrival: str = 'periodic',
              charge_decisions: bool = True, arrivals: Optional[List[tuple]] = None,
-             samples: Optional[np.ndarray] = None, planner: str = 'thread',
+             samples: Optional[np.ndarray] = None, planner: str = 'auto',
              decision_clock: str = 'cpu') -> SimResult:
     """
     Run one policy on one arrival process; return every frame's outcome.
@@ -167,7 +167,10 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
 
     How decisions are charged (``planner``; see ``anytime_infer.scheduler.planner``):
 
-    * ``thread`` (default; policies that plan off the critical path, i.e. the DP ones):
+    * ``auto`` (default): ``thread`` for the DP policies where one inline decision,
+      measured here before the run, costs half a mean stage or more
+      (``planner.choose_planner``), else ``inline``.
+    * ``thread`` (policies that plan off the critical path, i.e. the DP ones):
       a planner thread with a core of its own. When a stage starts, the state at that
       moment is posted; the planner, when free, takes the newest posted state and its
       plan becomes usable at (its start + its measured wall time). The worker is charged
@@ -203,6 +206,10 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
         raise ValueError(f'decision clock must be one of {tuple(CLOCKS)}')
     clock = CLOCKS[decision_clock]
     tare = _clock_tare(clock)
+    if planner == 'auto':
+        planner = 'inline'
+        if charge_decisions and getattr(policy, 'contingent', False):
+            planner = choose_planner(profile, clock)[0]
     best_of = getattr(policy, 'best_of', None)
     if best_of:
         return _best_of(profile, trace, policy, best_of, streams, frames, seed, arrival,
