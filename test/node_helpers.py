@@ -110,7 +110,7 @@ class Peer:
         """Call a service and wait for its response (the request sent again every RETRY_S)."""
         return call(self.node, client, request, timeout)
 
-    def set(self, name: str, value):
+    def set_param(self, name: str, value):
         """Set one parameter through the node's SetParameters service; (ok, reason)."""
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter

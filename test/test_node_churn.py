@@ -17,9 +17,8 @@ import os
 import threading
 import time
 
-import pytest
-
 from node_helpers import CAMERAS, NODE, Peer, start_node, stop_node, thread_count
+import pytest
 
 pytestmark = pytest.mark.slow
 FLIP, FULL = (int(x) for x in os.environ.get('ANYTIME_INFER_CHURN', '10,3').split(','))
@@ -55,7 +54,7 @@ def endpoint_counts(peer) -> dict:
 
 
 def test_cleanup_destroys_every_endpoint(peer):
-    ones = {k: 1 for k in endpoint_counts(peer)}
+    ones = dict.fromkeys(endpoint_counts(peer), 1)
     assert peer.spin_until(lambda: endpoint_counts(peer) == ones), endpoint_counts(peer)
     for _ in range(5):
         assert peer.transition('deactivate') and peer.transition('cleanup')

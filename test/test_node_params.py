@@ -7,9 +7,8 @@ rclpy delivers them: ``array.array``), checks each value is applied between fram
 the answers, the status or the graph) or refused with a reason that names the lifecycle
 step it needs, and that a refused value leaves the old one in place.
 """
-import pytest
-
 from node_helpers import CAMERAS, Peer, start_node, stop_node
+import pytest
 
 pytestmark = pytest.mark.slow
 MS = 1_000_000
@@ -39,13 +38,13 @@ def peer():
 def refused(peer, name, value, why):
     """Set a value that must be refused with ``why`` in the reason, the old one kept."""
     before = peer.get(name)
-    ok, reason = peer.set(name, value)
+    ok, reason = peer.set_param(name, value)
     assert not ok and why in reason, (name, value, reason)
     assert peer.get(name) == before, f'{name} changed although refused'
 
 
 def accepted(peer, name, value):
-    ok, reason = peer.set(name, value)
+    ok, reason = peer.set_param(name, value)
     assert ok, (name, value, reason)
     got = peer.get(name)
     assert (list(got) if isinstance(value, list) else got) == value

@@ -187,8 +187,9 @@ class AnytimeInferNode(LifecycleNode):
     def _apply_policy(self, old: NodeConfig, new: NodeConfig) -> str:
         """Swap the executor's policy for a new policy or depth; return why not ('' = done)."""
         ex = self.executor_
-        if ex is None or (new.policy, new.fixed_depth) == (old.policy, old.fixed_depth):
-            return ''
+        if ex is None or new.policy == old.policy and (new.policy != 'fixed_depth' or
+                                                       new.fixed_depth == old.fixed_depth):
+            return ''      # nothing the executor's policy uses changed
         if new.policy == 'fixed_depth' and new.fixed_depth > ex.net.num_stages:
             return (f'fixed_depth {new.fixed_depth} exceeds the {ex.net.num_stages} stages of '
                     f'model {new.model}')
