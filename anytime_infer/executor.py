@@ -215,6 +215,8 @@ class Executor:
         self._fail_streak: Dict[int, int] = dict.fromkeys(range(1, n + 1), 0)
         self._last_failure: Dict[int, float] = {}
         self._fail_logged: Dict[int, float] = {}
+        self._stall_checked = -1e9
+        self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
         # time, the same in the worker thread's CPU time, then the wall time admitting
         # frames and deciding (publishing due results, the policy, drops and finishes).
@@ -359,11 +361,7 @@ class Executor:
         """Slowdown, stall, stage failures, the depth still run; see ``ExecutorHealth``."""
         now = time.monotonic()
         with self._health_lock:
-            per = {}
-            for k, q in self._stage_ratio.items():
-                fresh = [r for t, r in q if now - t <= HEALTH_WINDOW_S]
-                if fresh:
-                    per[k] = float(np.median(fresh))
+            per = self._slowdowns(now)
             failures = dict(self._failures)
             recent_fail = sorted(k for k, t in self._last_failure.items()
                                  if now - t <= HEALTH_WINDOW_S)
@@ -385,6 +383,36 @@ class Executor:
         st = self.stats()
         return ExecutorHealth(slowdown, stalled, failures, k, n, '; '.join(msgs), per,
                               st['overhead_ms_p50'], st['overhead_share'])
+
+    def _slowdowns(self, now: float) -> Dict[int, float]:
+        """Per stage measured recently: median measured / calibrated time (health lock held)."""
+        per = {}
+        for k, q in self._stage_ratio.items():
+            fresh = [r for t, r in q if now - t <= HEALTH_WINDOW_S]
+            if fresh:
+                per[k] = float(np.median(fresh))
+        return per
+
+    def _log_stall(self, now: float) -> None:
+        """
+        Log a stall when it starts and when it ends (health lock held; every 0.5 s at most).
+
+        It ends below 0.6 x ``STALL_FACTOR`` (hysteresis: a busy machine near the factor
+        would log every few seconds).
+        """
+        if now - self._stall_checked < 0.5:
+            return
+        self._stall_checked = now
+        per = self._slowdowns(now)
+        worst = max(per, key=per.get, default=0)
+        slowdown = per.get(worst, 1.0)
+        if not self._stall_logged and slowdown > STALL_FACTOR:
+            self._stall_logged = True
+            log.warning('stall: stage %d takes %.1fx its calibrated time (threshold %gx); '
+                        'plans follow the measured times', worst, slowdown, STALL_FACTOR)
+        elif self._stall_logged and slowdown < 0.6 * STALL_FACTOR:
+            self._stall_logged = False
+            log.warning('stall over: stage times within %.1fx of calibration', slowdown)
 
     # -- stopping -------------------------------------------------------------------------
     def _signal_stop(self) -> None:
@@ -686,6 +714,7 @@ class Executor:
             if seconds > 0:
                 self._stage_ratio[stage].append(
                     (mono, seconds / self.times.calibrated(stage, batch)[0]))
+                self._log_stall(mono)
             if not failed:
                 self._fail_streak[stage] = 0
                 return

@@ -46,18 +46,19 @@ def served_normally(scenario, attempts=3):
     """
     Run ``scenario()`` until its fault-free lead-in was served normally; return its result.
 
-    Normally: at least 90 % of the frames before the fault on time. Other work on a shared
-    machine can starve this process so that even the lead-in fails; a run like that has
-    nothing to compare with and is repeated, and after ``attempts`` the test is skipped
-    with the figures that say so.
+    Normally: at least 60 % of the frames before the fault on time (a lock-out answers none
+    after it; the checks compare with this level). Other work on a shared machine can
+    starve this process so that even the lead-in fails; a run like that has nothing to
+    compare with and is repeated, and after ``attempts`` the test is skipped with the
+    figures that say so.
     """
     seen = []
     for _ in range(attempts):
         res = scenario()
-        if res['before']['on_time'] >= 0.9:
+        if res['before']['on_time'] >= 0.6:
             return res
         seen.append(round(res['before']['on_time'], 3))
-    pytest.skip(f'machine too busy: on-time share before the fault {seen} < 0.9 in every run')
+    pytest.skip(f'machine too busy: on-time share before the fault {seen} < 0.6 in every run')
 
 
 def stall_scenario(images, rate, post):
@@ -129,7 +130,7 @@ def throttle_scenario(images, hot, post):
 
 
 @pytest.mark.slow
-def test_a_10x_slowdown_is_detected_and_planned_for_within_a_second(images):
+def test_a_10x_slowdown_is_detected_and_planned_for_within_a_second(images, caplog):
     """Issue 13.4: thermal throttling (every stage 10x longer) at 100 Hz, 50 ms deadlines."""
     hot, post = 3.0, HEALTH_WINDOW_S + 1.0
     res = served_normally(lambda: throttle_scenario(images, hot, post))
@@ -142,6 +143,7 @@ def test_a_10x_slowdown_is_detected_and_planned_for_within_a_second(images):
     # shared machine alone sometimes slows a stage by the stall factor).
     stalled_before = np.mean([s for t, _, _, s in series if 0.5 <= t < PRE])
     assert any(s for t, _, _, s in series if PRE <= t < PRE + 1.0)
+    assert 'stall: stage' in caplog.text                     # and a log line says so
     assert np.mean([s for t, _, _, s in series if PRE + 1.0 <= t < PRE + hot]) >= 0.9
     assert np.mean([s for t, _, _, s in series if t >= PRE + hot + HEALTH_WINDOW_S]) <= \
         max(0.2, stalled_before + 0.2)
