@@ -227,3 +227,11 @@ def test_simulate_cli_takes_the_planner_options(capsys, tmp_path):
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out['frames'] == 300 and 0.0 <= out['accuracy'] <= 1.0
         assert out['planner'] in (('inline',) if extra else ('inline', 'thread'))
+
+
+def test_the_planner_mode_follows_the_measured_cost_of_a_decision():
+    from anytime_infer.scheduler.planner import choose_planner
+    fast = choose_planner(synthetic_profile(stage_ms=(0.001, 0.001, 0.001, 0.001)))
+    slow = choose_planner(synthetic_profile(stage_ms=(50.0, 50.0, 50.0, 50.0)))
+    assert fast[0] == 'thread' and fast[1] > 1.0
+    assert slow[0] == 'inline' and slow[1] < 0.5

@@ -449,11 +449,10 @@ class ImpreciseDP(Policy):
         while mates:
             b = len(mates) + 1
             batched = self.times.plan(stage, b)
-            # Worth it when the batch costs less than the stages one by one (planned times
-            # include the worker's time per decision: one batch is one decision, b stages
-            # are b), and the delay it adds before the first task's later stages fits
-            # every task's slack.
-            if batched < alone * b and batched - alone <= self.min_slack:
+            # Worth it when the batch is clearly cheaper than the stages one by one, and
+            # the delay it adds before the first task's later stages fits every task's
+            # slack.
+            if batched < alone * b * 0.9 and batched - alone <= self.min_slack:
                 return [t.task_id for t in mates]
             mates.pop()
         return []
