@@ -112,6 +112,8 @@ def test_lifecycle_churn_under_traffic(peer):
                 flips += 1
             assert peer.transition('activate'), f'activate failed (cycle {k})'
             peer.spin(0.2)
+            if k < 3:   # the level once every lazily started thread runs (first cycles)
+                base_threads = max(base_threads, thread_count(pid))
         assert (flips, fulls) == (FLIP, FULL)
     finally:
         cam.stop.set()
@@ -134,7 +136,8 @@ def test_lifecycle_churn_under_traffic(peer):
           f'{st.frames_late}, dropped {dict(zip(st.drop_reasons, st.drop_counts))}, '
           f'threads {base_threads} -> {thread_count(pid)}')
     assert received > 0.3 * sent
-    # No leaked threads or endpoints: counts back at their level.
+    # No leaked threads or endpoints: counts back at their level (a leak per cycle would
+    # add one for each of the cycles after the first three).
     assert peer.spin_until(lambda: thread_count(pid) <= base_threads, 5.0), \
         (base_threads, thread_count(pid))
     assert all(v == 1 for v in endpoint_counts(peer).values()), endpoint_counts(peer)
