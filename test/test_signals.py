@@ -130,7 +130,6 @@ def test_stop_signal_answers_every_received_frame_and_exits_0(ros, repo_root, tm
         assert len(answers) > received_before, 'no frame was in flight at the signal'
 
 
-
 def test_sigint_inherited_as_ignored_still_stops_the_node(repo_root, tmp_path):
     """
     Started with SIGINT ignored (a script's background job, nohup), SIGINT still stops it.
