@@ -154,7 +154,7 @@ def _add_simulate(sub) -> None:
                    help='DP policies: plan on a planner thread while stages run, the worker '
                    'looks the plan up at each boundary (thread), or decide at the boundary '
                    '(inline, one core); auto: thread where one decision, measured here, '
-                   'costs half a mean stage or more; every policy is charged what its '
+                   'costs a mean stage or more; every policy is charged what its '
                    'worker waits for')
     p.add_argument('--decision-clock', default='cpu', choices=['cpu', 'wall'],
                    help='time decisions by the thread CPU time (a core of its own; default) '

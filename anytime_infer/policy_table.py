@@ -44,7 +44,7 @@ def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
         auto, ratio = choose_planner(src.profile, time.thread_time)
         for load in loads:
             kw = {'frames': frames, 'seed': seed}
-            thread = run_policy(src, 'imprecise_dp', load, **kw)
+            thread = run_policy(src, 'imprecise_dp', load, planner='thread', **kw)
             inline = run_policy(src, 'imprecise_dp', load, planner='inline', **kw)
             free = run_policy(src, 'imprecise_dp', load, charge_decisions=False, **kw)
             greedy = run_policy(src, 'greedy', load, **kw)

@@ -342,7 +342,7 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
     return plan
 
 
-AUTO_RATIO = 0.5    # plan off the critical path when a decision costs this much of a stage
+AUTO_RATIO = 1.0    # plan off the critical path when a decision costs this much of a stage
 
 
 def inline_cost(profile, clock=time.perf_counter, tasks: int = 12, runs: int = 40) -> float:
@@ -378,7 +378,7 @@ def choose_planner(profile, clock=time.perf_counter) -> Tuple[str, float]:
 
     The ratio is one inline decision's measured cost over the mean stage time. Where it is
     small the DP decides at the boundary with everything known (the exact decision, cheap
-    enough); where a decision costs half a stage or more, it plans off the critical path
+    enough); where a decision costs a stage or more, it plans off the critical path
     and the worker only looks the plan up (measured on the bundled models: README).
     """
     stage = profile.full_depth_mean() / profile.num_stages
