@@ -208,7 +208,7 @@ def test_the_oracle_is_at_least_every_online_policy():
     streams = make_streams(prof, 3.0)
     acc = {}
     for name in ('oracle', 'imprecise_dp', 'imprecise_dp_flat', 'greedy'):
-        acc[name] = simulate(prof, trace, make_policy(name, prof), streams, frames=500,
+        acc[name] = simulate(prof, trace, make_policy(name, prof), streams, frames=300,
                              seed=4, charge_decisions=False).summary()['accuracy']
     assert acc['oracle'] >= max(acc.values())
 
