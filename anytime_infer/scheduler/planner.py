@@ -13,30 +13,42 @@ accelerator. So the worker does not run it between stages. Instead:
   (:func:`contingent_entry` evaluates it for all outcomes at once: one table query per
   option of the task, an argmax over an outcomes x options matrix, and the slack fill and
   backtrack once per distinct choice, not once per outcome).
-* **At the stage boundary** the worker only looks the plan up by the bin of the exit that
-  just ran, then checks cheap guards against what the plan could not know: frames that
-  arrived during the stage (their mandatory stages must still fit in the reserved block),
-  the planned tasks still pending, and the plan still meeting every deadline from the
-  real time now (a walk over at most ``horizon`` tasks). A plan older than this boundary
-  (the planner is slower than a stage) is used the same way: its targets are followed
-  open-loop until a newer plan arrives.
-* **When a guard fails** (or no plan exists yet) the worker takes a cheap safe action and
-  lets the planner replan from the next stage's start: drop mandatory stages that cannot
-  fit, run the earliest-deadline mandatory stage, else deepen the earliest-deadline task
-  whose next stage fits its deadline. It never runs the DP inline.
+* **At the stage boundary**, if the plan made for this very boundary is ready, the
+  worker looks it up by the bin of the exit that just ran and checks cheap guards against
+  what the plan could not know: the front task's next stage must fit its deadline and
+  leave room for every mandatory stage still waiting, including those of frames that
+  arrived during the stage (an O(1) conservative reserve). An older plan is followed only
+  when no frame arrived since its snapshot.
+* **Otherwise** (the planner is still busy, a guard failed, the front is not in the plan)
+  the worker takes a cheap safe action and lets the planner replan from the next stage's
+  start: mandatory stages that cannot fit are dropped; the earliest-deadline task without
+  a result runs its mandatory stage (the DP does the same whatever its plan); a front with
+  a result goes deeper or is published as the DP's *decision table* says (the DP's most
+  recent value-driven decision for a front at the same exit and confidence bin, merged
+  from every plan by the planner) if its next stage fits its deadline and the mandatory
+  stages waiting; with no table entry, mandatory stages first, else the front deeper if
+  it fits. It never runs the DP inline. Everything is amortised O(log n): EDF heaps with
+  lazy deletion, no scan of the pending tasks.
+* Where to plan at all: ``choose_planner`` measures one inline decision here; where it
+  costs less than a mean stage the DP decides inline (``--planner auto``).
 
-API (single writer on each side; all the worker calls are O(1) or O(horizon)):
+API (single writer on each side):
 
 Worker thread, which owns the tasks::
 
-    link = OffPathPlanner(policy)          # policy: an ImpreciseDP (imprecise_dp, oracle...)
+    link = OffPathPlanner(policy)          # policy.contingent (imprecise_dp, _flat, oracle)
     link.arrived(task)                     # when a task is admitted
-    dec = link.decide(now, tasks_by_id)    # at every stage boundary: lookup + guards
+    t0 = time.perf_counter()
+    dec = link.decide(now, tasks_by_id, ended)  # at every boundary; ended: ids just run
     ...apply dec.drop / dec.finish...
-    link.removed(task_id)                  # for each task published or dropped
+    link.removed(task_id)                  # each task published or dropped (any thread)
     link.stage_start(now, dec.run, stage)  # just before running dec.run's stage
+    link.boundary_time(time.perf_counter() - t0)   # the worker's cost: planned for
     ...run the stage...
     link.stage_done(task_id, stage, conf)  # for each task of the batch, after the stage
+
+(``link.boundary(now, tasks, ended, admitted, gone)`` posts a boundary's events, decides,
+posts the decision's removals and the next stage start in one call: the simulator's way.)
 
 Planner thread::
 
