@@ -38,6 +38,10 @@ MISS_WINDOW_S = 5.0
 MISS_WARN_SHARE = 0.05
 # Stage failures keep the executor's diagnostics at WARN this long after the last one.
 FAILURE_WARN_S = 10.0
+# Clock jumps (README, "Time"): a step of the ROS clock backwards, or forwards by more than
+# this, is a jump, not time passing: it is taken out of the executor's clock.
+CLOCK_JUMP_FORWARD_S = 1.0
+CLOCK_WARN_EVERY_S = 5.0
 SUFFIXES = ('/image_raw/compressed', '/image/compressed', '/compressed', '/image_raw',
             '/image')
 
@@ -112,6 +116,14 @@ class AnytimeInferNode(LifecycleNode):
         self.depth_sum = 0
         self._warned: Dict[tuple, float] = {}
         self._arrivals: deque = deque(maxlen=100000)
+        # The executor's clock: the ROS clock with its jumps taken out (see _on_clock_jump).
+        self._clock_offset = 0.0
+        self._time_lock = threading.Lock()
+        self._jump_handle = None
+        self._jumps = 0                 # jumps taken out since the last warning
+        self._jump_warned = -1e9
+        self._jump_locked = False
+        self._before_jump: Optional[tuple] = None
         self._conversion_s: deque = deque(maxlen=1000)   # per-frame conversion time
         if self.cfg.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -240,6 +252,7 @@ class AnytimeInferNode(LifecycleNode):
             self.executor_ = None
             return TransitionCallbackReturn.FAILURE
         self.card = card
+        self._watch_clock(True)
         for topic in self.cfg.camera_topics:
             # Outputs follow the camera topic as remapped: <camera>/detections.
             cam = camera_name(self.resolve_topic_name(topic))
@@ -302,6 +315,7 @@ class AnytimeInferNode(LifecycleNode):
             self._vision.destroy()
             self._vision = None
         self._destroy_publishers()
+        self._watch_clock(False)
         self.executor_ = None
         self.card = None
         return TransitionCallbackReturn.SUCCESS
@@ -331,11 +345,70 @@ class AnytimeInferNode(LifecycleNode):
         """Stop work cleanly on shutdown from any state."""
         if self.executor_ is not None:
             self.executor_.stop()
+        self._watch_clock(False)
         return TransitionCallbackReturn.SUCCESS
 
-    # -- per frame ------------------------------------------------------------------------
+    # -- time (README, "Time") --------------------------------------------------------------
+    def _watch_clock(self, on: bool) -> None:
+        """Register (on) or remove the ROS clock's jump callbacks."""
+        from rclpy.clock import JumpThreshold
+        from rclpy.duration import Duration as RosDuration
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
+        if on:
+            self._clock_offset = 0.0
+            fwd = RosDuration(nanoseconds=int(CLOCK_JUMP_FORWARD_S * 1e9))
+            self._jump_handle = self.get_clock().create_jump_callback(
+                JumpThreshold(min_forward=fwd, min_backward=RosDuration(nanoseconds=-1),
+                              on_clock_change=True),
+                pre_callback=self._before_clock_jump, post_callback=self._on_clock_jump)
+
+    def _before_clock_jump(self) -> None:
+        """Hold the executor's clock still over a jump; remember where it was."""
+        # Released in _on_clock_jump (same thread, right after the ROS clock is set): the
+        # executor never reads the new time with the old offset. Bounded: no deadlock.
+        self._jump_locked = self._time_lock.acquire(timeout=1.0)
+        self._before_jump = (self.get_clock().now().nanoseconds * 1e-9, self._clock_offset)
+
+    def _on_clock_jump(self, jump) -> None:
+        """Take a jump of the ROS clock out of the executor's clock; warn (throttled)."""
+        try:
+            ros = self.get_clock().now().nanoseconds * 1e-9
+            before = self._before_jump
+            self._before_jump = None
+            # The executor's clock goes on from where it was (also when sim time is
+            # switched on or off, a jump whose delta rcl reports as 0).
+            delta = ros - before[0] if before else jump.delta.nanoseconds * 1e-9
+            self._clock_offset -= delta
+        finally:
+            if self._jump_locked:
+                self._jump_locked = False
+                self._time_lock.release()
+        self._jumps += 1
+        t = time.monotonic()
+        if t - self._jump_warned >= CLOCK_WARN_EVERY_S:
+            self._jump_warned, n, self._jumps = t, self._jumps, 0
+            self.get_logger().warning(
+                f'ROS clock jumped {delta:+.3f} s ({n} jump(s) since the last warning; '
+                'a looping or skipping /clock?): frames in progress keep the time they had '
+                'left')
+
+    def _times(self) -> tuple:
+        """Return (ROS clock now, executor clock now), in seconds, read together."""
+        got = self._time_lock.acquire(timeout=1.0)
+        try:
+            ros = self.get_clock().now().nanoseconds * 1e-9
+            return ros, ros + self._clock_offset
+        finally:
+            if got:
+                self._time_lock.release()
+
     def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        """Return the executor's clock: the ROS clock with its jumps taken out."""
+        return self._times()[1]
+
+    # -- per frame ------------------------------------------------------------------------
 
     def _warn(self, topic: str, reason: str) -> None:
         """Warn at most every 5 s per topic and reason (throttled)."""
@@ -348,7 +421,7 @@ class AnytimeInferNode(LifecycleNode):
     def _on_image(self, msg, camera: int, topic: str, compressed: bool) -> None:
         t_conv = time.perf_counter()
         cfg = self.cfg     # one frame, one config (a parameter change replaces the object)
-        now = self._now()
+        ros_now, now = self._times()
         with self._lock:
             self.counts['received'] += 1
             self._arrivals.append(time.monotonic())
@@ -356,8 +429,8 @@ class AnytimeInferNode(LifecycleNode):
         job = FrameJob(camera, now, now + cfg.deadline_s(camera), None, [],
                        cfg.weight(camera), stamp, (msg.header, topic, None))
         try:
-            if abs(stamp - now) > cfg.stamp_tolerance_s:
-                raise BadInput(f'header stamp {stamp:.3f} is {stamp - now:+.3f} s from the '
+            if abs(stamp - ros_now) > cfg.stamp_tolerance_s:
+                raise BadInput(f'header stamp {stamp:.3f} is {stamp - ros_now:+.3f} s from the '
                                f'node clock (tolerance {cfg.stamp_tolerance_s} s)')
             arr, enc = (compressed_to_array if compressed else image_to_array)(
                 msg, cfg.max_image_pixels)
@@ -380,7 +453,8 @@ class AnytimeInferNode(LifecycleNode):
             self._on_outcome(FrameOutcome(job, 'dropped', 'bad_input', [], now))
             return
         if cfg.deadline_from == 'stamp':
-            job.deadline = stamp + cfg.deadline_s(camera)
+            # Never later than the relative deadline after arrival (a future stamp).
+            job.deadline = now + min(stamp - ros_now, 0.0) + cfg.deadline_s(camera)
         self._conversion_s.append(time.perf_counter() - t_conv)
         self.executor_.submit(job)
 
@@ -427,7 +501,9 @@ class AnytimeInferNode(LifecycleNode):
                 self.depth_sum += max((r.depth for r in out.results), default=0)
         if out.outcome == 'dropped' and not self.cfg.publish_dropped:
             return
-        msg = DetectionArray(header=header, deadline=to_time(out.job.deadline),
+        # Back on the ROS clock: a deadline moves with the clock's jumps (time left kept).
+        msg = DetectionArray(header=header, deadline=to_time(out.job.deadline -
+                                                             self._clock_offset),
                              latency=to_duration(out.published_at - out.job.arrival),
                              reason=out.reason)
         msg.outcome = {'on_time': DetectionArray.ON_TIME, 'late': DetectionArray.LATE,
