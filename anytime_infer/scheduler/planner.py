@@ -472,6 +472,7 @@ class OffPathPlanner:
         self._targets: Optional[Targets] = None
         self._all: List[Tuple[float, int]] = []        # every admitted task
         self._mand: List[Tuple[float, int]] = []       # admitted, mandatory stage not run
+        self._latest: Optional[float] = None   # cached _mandatory_latest (None: stale)
         self._arrivals: Deque[Tuple[int, float]] = deque()   # (seq, deadline) since plan
         self._new_n = 0              # arrivals the adopted plan did not see
         self._new_min = INF          # and their earliest deadline
@@ -496,6 +497,7 @@ class OffPathPlanner:
         heapq.heappush(self._all, key)
         if not done:
             heapq.heappush(self._mand, key)
+            self._latest = None
         self._arrivals.append((self._seq, task.deadline))
         self._note_new(task.deadline)
 
@@ -520,6 +522,8 @@ class OffPathPlanner:
     def stage_done(self, task_id: int, stage: int, conf: float) -> None:
         """Post that exit ``stage`` of a task gave ``conf``."""
         self._events.append(('s', task_id, stage, conf))
+        if stage == 1:
+            self._latest = None
         # Kept a while: a plan adopted after its task was published still needs the
         # outcome it was made for.
         confs = self._confs
@@ -600,8 +604,10 @@ class OffPathPlanner:
             t = tasks.get(tid)
             if t is None or t.stages_done:
                 heapq.heappop(mand)
+                self._latest = None
             elif dl < limit:
                 heapq.heappop(mand)
+                self._latest = None
                 d.drop.append((tid, INFEASIBLE))
             else:
                 break
@@ -789,6 +795,7 @@ class OffPathPlanner:
             if t is not None and not t.stages_done:
                 return t
             heapq.heappop(mand)
+            self._latest = None
         return None
 
     def _fallback(self, now: float, front: Optional[Task], tasks: Mapping[int, Task],
@@ -840,7 +847,15 @@ class OffPathPlanner:
             front = self._front(tasks)
 
     def _mandatory_latest(self, tasks: Mapping[int, Task], scan: int = 8) -> float:
-        """Latest start of the waiting mandatory stages back to back (the first ``scan``)."""
+        """
+        Latest start of the waiting mandatory stages back to back (the first ``scan``).
+
+        Cached until a frame arrives, a mandatory stage ends or the heap's head changes
+        (a task whose mandatory stage ran meanwhile only makes the cached value
+        conservative).
+        """
+        if self._latest is not None:
+            return self._latest
         p1 = self.policy.times.plan(1)
         latest, need = INF, 0.0
         for dl, tid in heap_smallest(self._mand, scan):
@@ -848,6 +863,7 @@ class OffPathPlanner:
             if t is not None and not t.stages_done:
                 need += p1
                 latest = min(latest, dl - need)
+        self._latest = latest
         return latest
 
     # -- planner side -----------------------------------------------------------------------
