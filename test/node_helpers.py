@@ -232,6 +232,18 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f'/proc/{pid}/task'))
 
 
+def thread_names(pid: int) -> List[str]:
+    """Names of a process's threads, sorted (``/proc/<pid>/task/*/comm``)."""
+    names = []
+    for tid in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{tid}/comm') as f:
+                names.append(f.read().strip())
+        except OSError:     # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 def diag_status(arr, name: str):
     """Return the DiagnosticStatus called ``name`` in a DiagnosticArray (or None)."""
     return next((s for s in arr.status if s.name == name), None)

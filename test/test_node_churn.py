@@ -17,7 +17,8 @@ import os
 import threading
 import time
 
-from node_helpers import CAMERAS, NODE, Peer, start_node, stop_node, thread_count
+from node_helpers import CAMERAS, NODE, Peer, start_node, stop_node, thread_count, \
+    thread_names
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -100,6 +101,7 @@ def test_lifecycle_churn_under_traffic(peer):
         for _ in range(10):            # the level: the most seen over 1 s (DDS and the
             peer.spin(0.1)             # worker start short-lived threads)
             base_threads = max(base_threads, thread_count(pid))
+        names_before = thread_names(pid)
         flips = fulls = 0
         for k in range(FLIP + FULL):
             full = k % max(1, (FLIP + FULL) // max(FULL, 1)) == 0 and fulls < FULL
@@ -136,10 +138,12 @@ def test_lifecycle_churn_under_traffic(peer):
           f'{st.frames_late}, dropped {dict(zip(st.drop_reasons, st.drop_counts))}, '
           f'threads {base_threads} -> {thread_count(pid)}')
     assert received > 0.3 * sent
-    # No leaked threads or endpoints: counts back at their level (a leak per cycle would
-    # add one for each of the cycles after the first three).
-    assert peer.spin_until(lambda: thread_count(pid) <= base_threads, 5.0), \
-        (base_threads, thread_count(pid))
+    # No leaked threads or endpoints: counts back at their level. A leak per cycle would
+    # add one for each cycle after the first three; beside a CPU hog, 2 of 6 runs ended
+    # with one thread more than the level (a thread of the process or of DDS started late,
+    # not per cycle: the full 100 + 20 cycles end at the level), so one is tolerated.
+    assert peer.spin_until(lambda: thread_count(pid) <= base_threads + 1, 5.0), \
+        (base_threads, names_before, thread_names(pid))
     assert all(v == 1 for v in endpoint_counts(peer).values()), endpoint_counts(peer)
     # It answers correctly afterwards.
     labels = peer.samples['labels']
