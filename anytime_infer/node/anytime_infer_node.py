@@ -373,18 +373,20 @@ class AnytimeInferNode(LifecycleNode):
 
     def _on_clock_jump(self, jump) -> None:
         """Take a jump of the ROS clock out of the executor's clock; warn (throttled)."""
+        before, self._before_jump = self._before_jump, None
+        delta = jump.delta.nanoseconds * 1e-9
         try:
             ros = self.get_clock().now().nanoseconds * 1e-9
-            before = self._before_jump
-            self._before_jump = None
             # The executor's clock goes on from where it was (also when sim time is
             # switched on or off, a jump whose delta rcl reports as 0).
-            delta = ros - before[0] if before else jump.delta.nanoseconds * 1e-9
+            delta = ros - before[0] if before else delta
             self._clock_offset -= delta
         finally:
             if self._jump_locked:
                 self._jump_locked = False
                 self._time_lock.release()
+        if before is not None and before[0] == 0.0:
+            return     # the first /clock: sim time starts (ROS time 0 means not yet set)
         self._jumps += 1
         t = time.monotonic()
         if t - self._jump_warned >= CLOCK_WARN_EVERY_S:
