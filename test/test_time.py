@@ -14,7 +14,9 @@ follow it; the node runs with ``use_sim_time:=true``.
   ``bad_input``; a stamp in the future within it, with ``deadline_from:=stamp``, gets no
   deadline later than its relative deadline after arrival.
 - A camera whose publisher disappears and comes back changes nothing for the other one.
+- ``/clock`` paused (the executor's clock standing still): every frame is still answered.
 """
+import os
 import re
 import subprocess
 import threading
@@ -304,3 +306,38 @@ def test_a_camera_going_away_and_back_changes_nothing_for_the_other(peer):
 def test_no_exception_in_the_log(peer):
     log = stop(peer)
     assert 'Traceback' not in log and '[ERROR]' not in log, log[-4000:]
+
+
+def test_a_paused_clock_holds_no_frame():
+    """/clock paused (a bag paused or ended): the executor's time stands still."""
+    from anytime_infer.demo import load_samples
+    from anytime_infer.executor import Executor, FrameJob
+    from anytime_infer.model.store import load_model, PROFILE, read_json, resolve_model_dir
+    from anytime_infer.scheduler.profiles import profile_from_dict
+    folder = resolve_model_dir('traffic_lights')
+    net, card = load_model(folder)
+    raw = read_json(os.path.join(folder, PROFILE), 'profile')
+    outcomes = []
+    lock = threading.Lock()
+
+    def on_outcome(o):
+        with lock:
+            outcomes.append(o)
+    frozen = 1000.0
+    ex = Executor(net, card, profile_from_dict(raw), raw['temperature'], on_outcome,
+                  device='cpu', clock=lambda: frozen)
+    ex.start()
+    try:
+        images = load_samples('traffic_lights')['images']
+        n = 40         # far more work than the 20 ms deadline allows: the plan cuts depth
+        for i in range(n):
+            ex.submit(FrameJob(i % 2, frozen, frozen + 0.02, images[i:i + 1], meta=i))
+        end = time.monotonic() + 20.0
+        while len(outcomes) < n and time.monotonic() < end:
+            time.sleep(0.01)
+    finally:
+        ex.stop()
+    # Every frame answered while the clock stood still (none waits for it to move), once.
+    assert sorted(o.job.meta for o in outcomes) == list(range(n))
+    assert all(o.outcome != 'dropped' or o.reason != 'shutdown' for o in outcomes), \
+        [o.reason for o in outcomes]
