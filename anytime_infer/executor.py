@@ -26,7 +26,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from anytime_infer.model.data import Preprocess, to_tensor_batch
 from anytime_infer.scheduler.policies import make_policy, Policy
 from anytime_infer.scheduler.profiles import ModelProfile
-from anytime_infer.scheduler.task import ERROR, QUEUE_FULL, SHUTDOWN, Task
+from anytime_infer.scheduler.task import ERROR, INFEASIBLE, QUEUE_FULL, SHUTDOWN, Task
 from anytime_infer.scheduler.timing import StageTimes
 import numpy as np
 import torch
@@ -42,6 +42,16 @@ HEALTH_WINDOW_S = 2.0
 # Failing runs in a row (raised, or any non-finite exit output) after which a stage, and
 # every stage after it, is no longer run by this executor (until a new one is configured).
 FAIL_LIMIT = 3
+# Deadline guard (anytime policies): stage runs end later than planned by what the plan
+# cannot see (the worker preempted or waiting for the GIL mid-stage on a busy machine).
+# The executor measures that overrun per run (actual end - planned end) and plans every
+# new frame to a deadline earlier by its GUARD_QUANTILE over the last GUARD_WINDOW_S
+# (once GUARD_MIN_RUNS runs were measured), at most GUARD_MAX_SHARE of the frame's
+# relative deadline; the frame is still judged on time or late against its own deadline.
+GUARD_QUANTILE = 99.0
+GUARD_WINDOW_S = 10.0
+GUARD_MIN_RUNS = 20
+GUARD_MAX_SHARE = 0.5
 log = logging.getLogger('anytime_infer.executor')
 
 
@@ -95,7 +105,9 @@ class ExecutorHealth:
     that raised or gave a non-finite output; ``max_depth``: the deepest stage the executor
     still runs (below ``num_stages`` once a stage was disabled); ``message``: '' when
     healthy, else what is wrong. ``overhead_ms_p50`` and ``overhead_share``: see
-    ``Executor.stats``.
+    ``Executor.stats``; ``late_causes``, ``late_stage_start_ms_p50`` (``stage_start_ms``
+    p50), ``wake_late_ms_p99`` and ``deadline_guard_ms`` (``guard_ms``): see
+    ``Executor.lateness``.
     """
 
     slowdown: float
@@ -107,6 +119,10 @@ class ExecutorHealth:
     stage_slowdown: Dict[int, float] = field(default_factory=dict)
     overhead_ms_p50: float = 0.0
     overhead_share: float = 0.0
+    late_causes: Dict[str, int] = field(default_factory=dict)
+    late_stage_start_ms_p50: float = 0.0
+    wake_late_ms_p99: float = 0.0
+    deadline_guard_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -221,6 +237,21 @@ class Executor:
         # time, the same in the worker thread's CPU time, then the wall time admitting
         # frames and deciding (publishing due results, the policy, drops and finishes).
         self._cycles: Deque[Tuple[float, ...]] = deque(maxlen=4000)
+        # Lateness: tasks published after their deadline, by where they were then
+        # (``late_causes``), with (where, stage, seconds late, stage start - deadline) for the
+        # recent ones; the watcher's wake-ups after the time it slept until (seconds).
+        self._late_causes: Dict[str, int] = {}
+        self._late_recent: Deque[Tuple[str, int, float, float]] = deque(maxlen=2000)
+        self._wake_late: Deque[float] = deque(maxlen=2000)
+        # The check at the start of a stage (``_still_in_time``): tasks it dropped or
+        # published; and drops the worker emits after the stage it runs (lock held).
+        self._start_checks: Dict[str, int] = {'dropped': 0, 'published': 0}
+        self._deferred: List[FrameOutcome] = []
+        # Measured overruns (monotonic time, seconds past the planned end) and the guard
+        # they give (worker only; see GUARD_QUANTILE).
+        self._overrun: Deque[Tuple[float, float]] = deque(maxlen=4000)
+        self.guard_s = 0.0
+        self._guard_at = -1e9
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -357,6 +388,48 @@ class Executor:
             'busy_cycles': float(len(cycles)),
         }
 
+    def lateness(self) -> Dict[str, Any]:
+        """
+        Return where late tasks were when they were published, and the watcher's wake-ups.
+
+        ``late_causes``: tasks published after their deadline, by who published them:
+        ``watcher`` (the deadline watcher, woken too late), ``worker`` (the worker's check
+        of due results between two stages), ``stage`` (at the end of a stage that ended
+        past the deadline), ``decide`` (the policy chose to finish it), ``failed``,
+        ``stop``. ``start_check``: tasks the check at the start of a stage dropped as
+        infeasible or published early (see ``_still_in_time``; never late). ``late_ms``:
+        p50/p99/max of how late, per cause, over the recent ones;
+        ``stage_start_ms``: for ``stage``, p50/p99 of when that stage started, relative to
+        the deadline (negative: before it); ``late_stage``: the stage done when published,
+        counts. ``wake_late_ms_p50``/``_p99``/``_max``: how long after its target the
+        watcher woke (recent wake-ups). ``guard_ms``: the deadline guard new frames are
+        planned with now (see ``GUARD_QUANTILE``).
+        """
+        with self._lock:
+            causes = dict(self._late_causes)
+            recent = list(self._late_recent)
+            wake = list(self._wake_late)
+            checks = dict(self._start_checks)
+        out: Dict[str, Any] = {'late_causes': causes, 'start_check': checks,
+                               'guard_ms': 1000 * self.guard_s}
+
+        def pct(values: List[float]) -> Dict[str, float]:
+            if not values:
+                return {}
+            v = np.asarray(values) * 1000.0
+            return {'p50': float(np.median(v)), 'p99': float(np.percentile(v, 99)),
+                    'max': float(v.max())}
+        out['late_ms'] = {w: pct([r[2] for r in recent if r[0] == w]) for w in causes}
+        out['stage_start_ms'] = pct([r[3] for r in recent if r[0] == 'stage'])
+        stages: Dict[int, int] = {}
+        for r in recent:
+            stages[r[1]] = stages.get(r[1], 0) + 1
+        out['late_stage'] = stages
+        w = pct(wake)
+        for key in ('p50', 'p99', 'max'):
+            out[f'wake_late_ms_{key}'] = w.get(key, 0.0)
+        return out
+
     def health(self) -> ExecutorHealth:
         """Slowdown, stall, stage failures, the depth still run; see ``ExecutorHealth``."""
         now = time.monotonic()
@@ -381,8 +454,11 @@ class Executor:
             msgs.append('stage failures (raised or non-finite output): ' + ', '.join(
                 f'stage {s}: {failures[s]}' for s in recent_fail))
         st = self.stats()
+        late = self.lateness()
         return ExecutorHealth(slowdown, stalled, failures, k, n, '; '.join(msgs), per,
-                              st['overhead_ms_p50'], st['overhead_share'])
+                              st['overhead_ms_p50'], st['overhead_share'],
+                              late['late_causes'], late['stage_start_ms'].get('p50', 0.0),
+                              late['wake_late_ms_p99'], late['guard_ms'])
 
     def _slowdowns(self, now: float) -> Dict[int, float]:
         """Per stage measured recently: median measured / calibrated time (health lock held)."""
@@ -448,7 +524,7 @@ class Executor:
                 if tid not in self._tasks:
                     continue
                 if task.stages_done >= 1 and tid in self._result:
-                    self._finish(tid, now)
+                    self._finish(tid, now, 'stop')
                 else:
                     self._drop(tid, SHUTDOWN, now)
             # A frame whose last task was closed when an interrupt cut this phase short.
@@ -457,6 +533,7 @@ class Executor:
                 if not frame['open']:
                     frame['reasons'].append(SHUTDOWN)
                     self._maybe_emit(frame, now)
+        self._emit_deferred()     # a worker still inside a stage has not emitted them
 
     # -- worker ---------------------------------------------------------------------------
     def _make_policy(self, name: str, depth: Optional[int]) -> Policy:
@@ -513,9 +590,13 @@ class Executor:
                 continue
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
             tids = []
+            # Planned to a deadline earlier by the measured overrun (judged on its own).
+            plan_deadline = job.deadline - min(
+                self.guard_s, GUARD_MAX_SHARE * max(job.deadline - job.arrival, 0.0)) \
+                if self.policy.anytime else job.deadline
             for i in range(len(job.inputs)):
                 tid = next(self._ids)
-                self._tasks[tid] = Task(tid, job.stream, job.arrival, job.deadline,
+                self._tasks[tid] = Task(tid, job.stream, job.arrival, plan_deadline,
                                         self.max_depth, job.weight, stamp=job.stamp)
                 self._state[tid] = x[i:i + 1]
                 self._task_frame[tid] = job.frame_id
@@ -567,6 +648,8 @@ class Executor:
                     now = self.clock()
                     for tid in list(self._tasks):
                         self._drop(tid, ERROR, now)
+            finally:
+                self._emit_deferred()
             if worked:
                 with self._health_lock:
                     self._cycles.append((time.perf_counter() - t0, inside,
@@ -586,17 +669,17 @@ class Executor:
             self.times.age(time.monotonic())
             now = self.clock()
             if self.policy.anytime:
-                self._publish_due(now)
+                self._publish_due(now, 'worker')
             t0 = time.perf_counter()
             dec = self.policy.decide(now, list(self._tasks.values()))
             self.decision_s.append(time.perf_counter() - t0)
             now = self.clock()
             for tid, reason in dec.drop:
                 if tid in self._tasks:
-                    self._drop(tid, reason, now)
+                    self._drop(tid, reason, now, defer=True)
             for tid in dec.finish:
                 if tid in self._tasks:
-                    self._finish(tid, now)
+                    self._finish(tid, now, 'decide')
             run = [t for t in dec.run if t in self._tasks]
             if run or dec.drop or dec.finish:
                 return run, None
@@ -609,7 +692,7 @@ class Executor:
             if not self._inbox and self._running:
                 self._cond.wait(min(max(wait, 0.0005), 0.1))
 
-    def _publish_due(self, now: float) -> float:
+    def _publish_due(self, now: float, where: str) -> float:
         """
         Publish results due within the margin at their depth; return the next due time.
 
@@ -622,7 +705,7 @@ class Executor:
             if task.stages_done >= 1:
                 due = task.deadline - margin
                 if due <= now:
-                    self._finish(tid, now)
+                    self._finish(tid, now, where)
                 elif due < nxt:
                     nxt = due
         return nxt
@@ -633,11 +716,16 @@ class Executor:
 
         Without this watcher a result would go out only after the running stage ends.
         """
+        target = None
         while self._running and gen == self._generation:
             with self._lock:
                 now = self.clock()
-                nxt = self._publish_due(now)
-            time.sleep(min(max(nxt - now, 0.0002), 0.005))
+                if target is not None:
+                    self._wake_late.append(now - target)
+                nxt = self._publish_due(now, 'watcher')
+            pause = min(max(nxt - now, 0.0002), 0.005)
+            target = now + pause if nxt - now <= 0.005 else None
+            time.sleep(pause)
 
     @torch.inference_mode()
     def _run_stage(self, tids: List[int]) -> Tuple[float, float]:
@@ -654,8 +742,14 @@ class Executor:
                 return 0.0, 0.0
             shape = self._state[tids[0]].shape
             tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
+            planned_end = None
+            if self.policy.anytime:
+                tids, planned_end = self._still_in_time(stage, tids)
+                if not tids:
+                    return 0.0, 0.0
             inputs = [self._state[t] for t in tids]
         t0 = time.perf_counter()
+        started = self.clock()
         timer = StageTimer(self.device)
         try:
             x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
@@ -668,6 +762,8 @@ class Executor:
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
             dispatch = time.perf_counter() - t0
+            if planned_end is not None:
+                self._note_overrun(self.clock() - planned_end)
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
             if isinstance(e, torch.cuda.OutOfMemoryError) and self.device.type == 'cuda':
                 torch.cuda.empty_cache()
@@ -701,8 +797,53 @@ class Executor:
                                                self.policy.expected_accuracy(task), roi)
                 now = self.clock()
                 if task.complete or now >= task.deadline - self.publish_margin:
-                    self._finish(tid, now)     # done, or due: publish what it has now
+                    # done, or due: publish what it has now
+                    self._finish(tid, now, 'stage', started)
         return timer.seconds, timer.cpu_seconds
+
+    def _still_in_time(self, stage: int, tids: List[int]) -> Tuple[List[int], float]:
+        """
+        Return the tasks of a batch whose stage still ends in time, and its planned end.
+
+        The policy decided from the clock at its decision; the stage starts later (the
+        decision's drops and finishes were published meanwhile, the watcher held the lock,
+        the worker waited for the CPU). Its own rule is applied again with the time the
+        stage really starts and the planning time of the batch that remains: a task
+        without a result whose first stage would end past its deadline is dropped as
+        ``infeasible`` (the policy would drop it now); a task with a result whose next
+        stage would end past its publish time (deadline - margin) is published now at its
+        depth (the watcher would publish it while that stage runs, the stage wasted).
+        """
+        now = self.clock()
+        keep = list(tids)
+        while keep:
+            end = now + self.times.plan(stage, len(keep))
+            fits = [t for t in keep if end <= self._tasks[t].deadline - (
+                self.publish_margin if self._tasks[t].stages_done else 0.0)]
+            if len(fits) == len(keep):
+                break
+            keep = fits
+        for t in tids:
+            if t in keep:
+                continue
+            if self._tasks[t].stages_done == 0:
+                self._start_checks['dropped'] += 1
+                self._drop(t, INFEASIBLE, now, defer=True)
+            else:
+                self._start_checks['published'] += 1
+                self._finish(t, now, 'start_check')
+        return keep, now + self.times.plan(stage, max(len(keep), 1))
+
+    def _note_overrun(self, seconds: float) -> None:
+        """Record how much later than planned a stage run ended; renew the guard (5 Hz)."""
+        mono = time.monotonic()
+        self._overrun.append((mono, seconds))
+        if mono - self._guard_at < 0.2:
+            return
+        self._guard_at = mono
+        recent = [x for t, x in self._overrun if mono - t <= GUARD_WINDOW_S]
+        self.guard_s = max(0.0, float(np.percentile(recent, GUARD_QUANTILE))) \
+            if len(recent) >= GUARD_MIN_RUNS else 0.0
 
     # -- faults ---------------------------------------------------------------------------
     def _stage_ran(self, stage: int, batch: int, seconds: float, failed: bool,
@@ -754,7 +895,7 @@ class Executor:
         if tid not in self._tasks:
             return
         if tid in self._result:
-            self._finish(tid, now)
+            self._finish(tid, now, 'failed')
         else:
             self._drop(tid, ERROR, now)
 
@@ -767,22 +908,28 @@ class Executor:
         frame['open'].discard(tid)
         return frame
 
-    def _finish(self, tid: int, now: float) -> None:
+    def _finish(self, tid: int, now: float, where: str = 'other',
+                started: float = float('nan')) -> None:
         task = self._tasks[tid]
         frame = self._close(tid)
         res = self._result.pop(tid, None)
         if res is not None:
             frame['results'].append(res)
-        frame['late'] |= now > task.deadline
+        deadline = frame['job'].deadline       # the task's own may be guarded (earlier)
+        if now > deadline:
+            frame['late'] = True
+            self._late_causes[where] = self._late_causes.get(where, 0) + 1
+            self._late_recent.append((where, task.stages_done, now - deadline,
+                                      started - deadline))
         self._maybe_emit(frame, now)
 
-    def _drop(self, tid: int, reason: str, now: float) -> None:
+    def _drop(self, tid: int, reason: str, now: float, defer: bool = False) -> None:
         frame = self._close(tid)
         self._result.pop(tid, None)
         frame['reasons'].append(reason)
-        self._maybe_emit(frame, now)
+        self._maybe_emit(frame, now, defer)
 
-    def _maybe_emit(self, frame: dict, now: float) -> None:
+    def _maybe_emit(self, frame: dict, now: float, defer: bool = False) -> None:
         if frame['open']:
             return
         job = frame['job']
@@ -792,7 +939,20 @@ class Executor:
             reason = ''
         else:
             outcome, reason = DROPPED, frame['reasons'][0] if frame['reasons'] else ERROR
-        self._emit(FrameOutcome(job, outcome, reason, frame['results'], now))
+        out = FrameOutcome(job, outcome, reason, frame['results'], now)
+        if defer and outcome == DROPPED:
+            # The worker's drops go out after the stage it decides to run: publishing them
+            # first delayed that stage past the deadlines it was planned for.
+            self._deferred.append(out)
+        else:
+            self._emit(out)
+
+    def _emit_deferred(self) -> None:
+        """Emit the drops the worker deferred (whoever takes the list emits it, once)."""
+        with self._lock:
+            outs, self._deferred = self._deferred, []
+        for out in outs:
+            self._emit(out)
 
     def _emit(self, outcome: FrameOutcome) -> None:
         try:

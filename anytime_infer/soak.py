@@ -496,6 +496,7 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
         history.append((st['stamp_s'], st))
     ros.create_subscription(SchedulerStatus, STATUS_TOPIC, on_status, 10)
     diag: Dict[str, str] = {}
+    exec_diag: Dict[str, str] = {}     # the executor's health (late causes, wake-ups)
 
     def on_diagnostics(m) -> None:
         for st in m.status:
@@ -503,6 +504,9 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
             if 'stage_ms_p50' in kv:
                 diag.clear()
                 diag.update(kv)
+            if 'late_causes' in kv:
+                exec_diag.clear()
+                exec_diag.update(kv)
     ros.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
     for i in range(cfg.cameras):
@@ -588,6 +592,11 @@ def run_soak(cfg: SoakConfig, log=print) -> Dict:
                 'profile_full_depth_s': profile_s, 'planning_full_depth_s': planning_s}
     result = _result(cfg, samples, counter, queue_bound, capacity, rate_total, player,
                      cal_sent, exit_code, log_path)
+    result['executor_diagnostics'] = dict(exec_diag)
+    shown = ('late_causes', 'deadline_guard_ms', 'late_stage_start_ms_p50',
+             'wake_late_ms_p99', 'overhead_ms_p50')
+    log('soak: executor at the end: ' + ', '.join(
+        f'{k} {exec_diag.get(k, "?")}' for k in shown))
     result['targets'].insert(0, {'name': 'node_alive', 'ok': died is None,
                                  'value': died or 'ran to the end', 'bound': 'no exit'})
     result['passed'] = all(t['ok'] for t in result['targets'])

@@ -8,6 +8,7 @@ each check compares the executor with itself before the fault, not with a speed.
 """
 import os
 import shutil
+import threading
 import time
 
 from anytime_infer.camera_player import load_samples
@@ -298,3 +299,78 @@ def test_stop_never_raises_on_a_second_interrupt_and_answers_every_frame(images,
     assert 'interrupted while stopping' in caplog.text      # the interrupt did arrive
     assert sorted(o.job.meta for o in outcomes) == list(range(10))
     assert {o.reason for o in outcomes if o.outcome == 'dropped'} <= {'shutdown'}
+
+
+class Hiccups:
+    """
+    Fault injection: a few stage runs end much later than the rest (the worker preempted).
+
+    On a busy machine (issue 13's soak: 2.5-4.7 % late at 3x) a stage of about 1 ms now
+    and then took 10-20 ms; under overload EDF starts first stages with just their planned
+    time left, so every such run was a late answer. A seeded share of runs sleeps
+    ``hiccup_s`` after the real stage: too rare for the stage-time percentile to see.
+    """
+
+    def __init__(self, net, share: float, seed: int = 13) -> None:
+        self.real = net.run_stage
+        self.share = share
+        self.hiccup_s = 0.0
+        self.rng = np.random.default_rng(seed)
+        net.run_stage = self.run_stage
+
+    def run_stage(self, k, state):
+        out = self.real(k, state)
+        if self.hiccup_s and self.rng.random() < self.share:
+            time.sleep(self.hiccup_s)
+        return out
+
+
+@pytest.mark.slow
+def test_late_share_stays_low_at_3x_overload_with_stage_hiccups_and_a_busy_thread(images):
+    """
+    Issue 13 item 1: late <= 1 % at 3x overload, deadline relative to the measured times.
+
+    The executor as the node configures it; the deadline is 10x the measured full-depth
+    time (the node: 50 ms against 4-5 ms); frames at 3x the measured capacity from two
+    streams; another thread of the process keeps the CPU and the GIL busy (the node's
+    callback thread converting frames); 1.5 % of stage runs take 8x the full-depth time
+    longer. Before the deadline guard and the start check about 2-3 % were late. The
+    executor must not trade lateness for drops: most frames are still answered on time.
+    """
+    ex, outcomes = make_executor()
+    hiccups = Hiccups(ex.net, share=0.015)
+    ex.start()
+    stop = threading.Event()
+    try:
+        for i in range(60):                       # light load: measured stage times
+            submit_one(ex, images[i], -1)
+            time.sleep(0.01)
+        assert wait_for(lambda: len(outcomes) == 60)
+        full = ex.num_stages * float(np.median(list(ex.stage_s)))
+        deadline = 10 * full
+        hiccups.hiccup_s = 8 * full
+        rate = 3.0 / full
+
+        def busy() -> None:                       # Python work in slices, as a callback
+            while not stop.is_set():
+                end = time.perf_counter() + 0.0004
+                while time.perf_counter() < end:
+                    pass
+                time.sleep(0.0002)
+        contender = threading.Thread(target=busy, daemon=True)
+        contender.start()
+        drive(ex, images, rate, deadline, [(6.0, None)], FaultyStages(ex.net), cameras=2)
+    finally:
+        stop.set()
+        ex.stop()
+    frames = [o for o in outcomes if o.job.meta != -1]
+    n = len(frames)
+    late = sum(o.outcome == 'late' for o in frames)
+    on_time = sum(o.outcome == 'on_time' for o in frames)
+    late_info = ex.lateness()
+    summary = (f'{n} frames at {rate:.0f}/s, deadline {1000 * deadline:.1f} ms: on time '
+               f'{on_time}, late {late}; {late_info}')
+    assert n >= 0.5 * rate * 6.0, summary     # the load was really offered
+    assert late <= 0.01 * n, summary
+    assert on_time >= 0.25 * n, summary       # not by dropping what could be answered
+    assert late_info['guard_ms'] > 0, summary  # the overruns were measured
