@@ -45,9 +45,9 @@ FAIL_LIMIT = 3
 # Deadline guard (anytime policies): stage runs end later than planned by what the plan
 # cannot see (the worker preempted or waiting for the GIL mid-stage on a busy machine).
 # The executor measures that overrun per run (actual end - planned end) and plans every
-# new frame to a deadline earlier by its GUARD_QUANTILE over the last GUARD_WINDOW_S
-# (once GUARD_MIN_RUNS runs were measured), at most GUARD_MAX_SHARE of the frame's
-# relative deadline; the frame is still judged on time or late against its own deadline.
+# new frame to a deadline earlier by its GUARD_QUANTILE over the last GUARD_WINDOW_S (at
+# most the last 4000 runs; once GUARD_MIN_RUNS were measured), at most GUARD_MAX_SHARE of
+# the frame's relative deadline; the frame is judged on time or late against its own.
 GUARD_QUANTILE = 99.0
 GUARD_WINDOW_S = 10.0
 GUARD_MIN_RUNS = 20
@@ -252,6 +252,7 @@ class Executor:
         self._overrun: Deque[Tuple[float, float]] = deque(maxlen=4000)
         self.guard_s = 0.0
         self._guard_at = -1e9
+        self._guard_of: Dict[int, float] = {}   # per task: its deadline = the frame's - this
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -591,13 +592,14 @@ class Executor:
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
             tids = []
             # Planned to a deadline earlier by the measured overrun (judged on its own).
-            plan_deadline = job.deadline - min(
-                self.guard_s, GUARD_MAX_SHARE * max(job.deadline - job.arrival, 0.0)) \
-                if self.policy.anytime else job.deadline
+            guard = min(self.guard_s, GUARD_MAX_SHARE * max(job.deadline - job.arrival, 0.0)) \
+                if self.policy.anytime else 0.0
             for i in range(len(job.inputs)):
                 tid = next(self._ids)
-                self._tasks[tid] = Task(tid, job.stream, job.arrival, plan_deadline,
+                self._tasks[tid] = Task(tid, job.stream, job.arrival, job.deadline - guard,
                                         self.max_depth, job.weight, stamp=job.stamp)
+                if guard:
+                    self._guard_of[tid] = guard
                 self._state[tid] = x[i:i + 1]
                 self._task_frame[tid] = job.frame_id
                 tids.append(tid)
@@ -902,6 +904,7 @@ class Executor:
     # -- outcomes -------------------------------------------------------------------------
     def _close(self, tid: int) -> Optional[dict]:
         self._tasks.pop(tid, None)
+        self._guard_of.pop(tid, None)
         self._state.pop(tid, None)
         fid = self._task_frame.pop(tid)
         frame = self._frames[fid]
@@ -911,11 +914,12 @@ class Executor:
     def _finish(self, tid: int, now: float, where: str = 'other',
                 started: float = float('nan')) -> None:
         task = self._tasks[tid]
+        # Judged against the frame's deadline: the task's own is earlier by its guard.
+        deadline = task.deadline + self._guard_of.get(tid, 0.0)
         frame = self._close(tid)
         res = self._result.pop(tid, None)
         if res is not None:
             frame['results'].append(res)
-        deadline = frame['job'].deadline       # the task's own may be guarded (earlier)
         if now > deadline:
             frame['late'] = True
             self._late_causes[where] = self._late_causes.get(where, 0) + 1
@@ -949,6 +953,8 @@ class Executor:
 
     def _emit_deferred(self) -> None:
         """Emit the drops the worker deferred (whoever takes the list emits it, once)."""
+        if not self._deferred:      # a cheap look first (most cycles drop nothing)
+            return
         with self._lock:
             outs, self._deferred = self._deferred, []
         for out in outs:
