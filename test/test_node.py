@@ -229,9 +229,8 @@ def test_overload_lowers_depth_and_keeps_misses_low(ros, slow_model, repo_root):
     assert hsum['on_time'] + hsum['late'] + hsum['dropped'] == hsum['sent']
     assert hsum['mean_depth'] < lsum['mean_depth'] - 0.5, (lsum, hsum)
     # Misses stay low: the overload is shed (lower depth, infeasible frames dropped at once)
-    # rather than answered late. The 1 % target is the soak's; here, with a CPU hog and
-    # other runs on the 2 cores, up to 2.1 % were seen.
-    assert hsum['late'] <= 0.03 * hsum['sent'], hsum
+    # rather than answered late (the executor's deadline guard absorbs stage overruns).
+    assert hsum['late'] <= 0.01 * hsum['sent'], hsum
     # Every answer is what the model says at the depth reached (no mixed-up frames).
     index = sample_index(heavy, SLOW_CAMERAS, len(samples['images']))
     frames, depths, classes = [], [], []
