@@ -5,11 +5,12 @@ The node runs as its own process (as ``ros2 run`` / launch start it); this proce
 it only through DDS: ``~/change_state``, ``~/set_parameters``, camera topics, the
 ``<camera>/detections`` answers, ``~/status`` and ``/diagnostics``.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import os
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from anytime_infer.demo import frame_message, load_samples, node_command
 
@@ -252,3 +253,22 @@ def diag_status(arr, name: str):
 def kv(status) -> Dict[str, str]:
     """Return the values of a DiagnosticStatus as a dict."""
     return {v.key: v.value for v in status.values}
+
+
+@contextmanager
+def node_peer(tester: str, extra=()) -> Iterator['Peer']:
+    """Start the node process with ``extra`` arguments and a tester node; stop both after."""
+    import rclpy
+    rclpy.init()
+    node = rclpy.create_node(tester)
+    proc = start_node(list(extra))
+    p = Peer(node)
+    p.proc = proc
+    try:
+        p.wait_active()
+        yield p
+    finally:
+        if proc.returncode is None:
+            print(stop_node(proc)[-3000:])
+        node.destroy_node()
+        rclpy.shutdown()

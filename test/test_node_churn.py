@@ -17,8 +17,7 @@ import os
 import threading
 import time
 
-from node_helpers import CAMERAS, NODE, Peer, start_node, stop_node, thread_count, \
-    thread_names
+from node_helpers import CAMERAS, NODE, node_peer, stop_node, thread_count, thread_names
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -27,20 +26,8 @@ FLIP, FULL = (int(x) for x in os.environ.get('ANYTIME_INFER_CHURN', '10,3').spli
 
 @pytest.fixture(scope='module')
 def peer():
-    import rclpy
-    rclpy.init()
-    node = rclpy.create_node('churn_tester')
-    proc = start_node(['-p', 'deadline_ms:=100.0'])
-    p = Peer(node)
-    p.proc = proc
-    try:
-        p.wait_active()
+    with node_peer('churn_tester', ['-p', 'deadline_ms:=100.0']) as p:
         yield p
-    finally:
-        if proc.returncode is None:
-            print(stop_node(proc)[-3000:])
-        node.destroy_node()
-        rclpy.shutdown()
 
 
 def endpoint_counts(peer) -> dict:

@@ -7,7 +7,7 @@ rclpy delivers them: ``array.array``), checks each value is applied between fram
 the answers, the status or the graph) or refused with a reason that names the lifecycle
 step it needs, and that a refused value leaves the old one in place.
 """
-from node_helpers import CAMERAS, Peer, start_node, stop_node
+from node_helpers import CAMERAS, node_peer
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -20,19 +20,8 @@ def _ns(t) -> int:
 
 @pytest.fixture(scope='module')
 def peer():
-    import rclpy
-    rclpy.init()
-    node = rclpy.create_node('param_tester')
-    proc = start_node(['-p', 'deadline_ms:=50.0'])
-    p = Peer(node)
-    p.proc = proc
-    try:
-        p.wait_active()
+    with node_peer('param_tester', ['-p', 'deadline_ms:=50.0']) as p:
         yield p
-    finally:
-        print(stop_node(proc)[-3000:])
-        node.destroy_node()
-        rclpy.shutdown()
 
 
 def refused(peer, name, value, why):
