@@ -272,3 +272,13 @@ def node_peer(tester: str, extra=()) -> Iterator['Peer']:
             print(stop_node(proc)[-3000:])
         node.destroy_node()
         rclpy.shutdown()
+
+
+def malformed_image(good, **fields):
+    """Return a copy of the sensor_msgs/Image ``good`` with ``fields`` set to bad values."""
+    from sensor_msgs.msg import Image
+    m = Image(height=good.height, width=good.width, encoding=good.encoding, step=good.step)
+    m.data = good.data
+    for k, v in fields.items():
+        setattr(m, k, v)
+    return m

@@ -20,6 +20,7 @@ from anytime_infer.demo import frame_message, load_samples, node_command
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array
 from anytime_infer.soak import proc_sample, RSS_GROWTH_MB
 import cv2
+from node_helpers import malformed_image
 import numpy as np
 import pytest
 
@@ -39,15 +40,9 @@ def _png_header(width: int, height: int) -> bytes:
 
 def bad_raw(rng, good):
     """Yield (kind, sensor_msgs/Image) for every kind of malformed raw image, forever."""
-    from sensor_msgs.msg import Image
 
     def img(**kw):
-        m = Image(height=good.height, width=good.width, encoding=good.encoding,
-                  step=good.step)
-        m.data = good.data
-        for k, v in kw.items():
-            setattr(m, k, v)
-        return m
+        return malformed_image(good, **kw)
     kinds = {
         'step_small': lambda: img(step=int(rng.integers(1, good.step))),
         'step_huge': lambda: img(step=2 ** 31 + int(rng.integers(0, 1000))),

@@ -9,30 +9,11 @@ import sys
 import time
 
 from anytime_infer.cli import main
+from bag_helpers import foreign_mcap
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def _foreign_mcap(path: str, frames: int = 12) -> None:
-    """Write a bare .mcap file with mcap-ros2-support: mono8 images, no ground truth."""
-    from mcap_ros2.writer import Writer as McapWriter
-
-    from anytime_infer.bagtypes import project_typestore
-    text, _ = project_typestore().generate_msgdef('sensor_msgs/msg/Image', ros_version=2)
-    with open(path, 'wb') as f:
-        w = McapWriter(f)
-        img = w.register_msgdef('sensor_msgs/msg/Image', text)
-        for i in range(frames):
-            t = 1_700_000_000 * 10**9 + i * 50_000_000
-            w.write_message('/front/image_raw', img, {
-                'header': {'stamp': {'sec': t // 10**9, 'nanosec': t % 10**9},
-                           'frame_id': 'front'},
-                'height': 28, 'width': 28, 'encoding': 'mono8', 'is_bigendian': 0,
-                'step': 28, 'data': bytes(np.full(784, i * 20, np.uint8))},
-                log_time=t, publish_time=t)
-        w.finish()
 
 
 @pytest.fixture(scope='module')
@@ -44,7 +25,7 @@ def fleet(tmp_path_factory):
     assert main(['make-bag', '--out', str(root / 'day1' / 'b'), '--frames', '10',
                  '--rate', '20', '--cameras', '1', '--storage', 'sqlite3', '--compressed',
                  '--seed', '2']) == 0
-    _foreign_mcap(str(root / 'foreign.mcap'))
+    foreign_mcap(str(root / 'foreign.mcap'))
     return root
 
 

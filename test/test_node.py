@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from anytime_infer.demo import frame_message, load_samples, node_command, play
-from node_helpers import set_parameters
+from node_helpers import malformed_image, set_parameters
 import numpy as np
 import pytest
 
@@ -247,16 +247,10 @@ def test_overload_lowers_depth_and_keeps_misses_low(ros, slow_model, repo_root):
 
 
 def _bad_messages():
-    from sensor_msgs.msg import Image
     good = frame_message(np.zeros((28, 28, 1), np.uint8), 0, 'x')
 
     def img(**kw):
-        m = Image(height=good.height, width=good.width, encoding=good.encoding,
-                  step=good.step)
-        m.data = good.data
-        for k, v in kw.items():
-            setattr(m, k, v)
-        return m
+        return malformed_image(good, **kw)
     return {
         'encoding': img(encoding='yuv422'),
         'step': img(step=10),

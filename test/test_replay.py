@@ -3,7 +3,7 @@ import json
 import os
 
 from anytime_infer.cli import main
-import numpy as np
+from bag_helpers import foreign_mcap
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -97,25 +97,8 @@ def test_sqlite3_compressed_bag_scores_like_the_raw_one(bag, tmp_path):
 
 
 def test_bag_written_by_mcap_ros2_with_other_topics_and_no_ground_truth(tmp_path):
-    from mcap_ros2.writer import Writer as McapWriter
-
-    from anytime_infer.bagtypes import project_typestore
-    text, _ = project_typestore().generate_msgdef('sensor_msgs/msg/Image', ros_version=2)
     path = str(tmp_path / 'foreign.mcap')
-    with open(path, 'wb') as f:
-        w = McapWriter(f)
-        img = w.register_msgdef('sensor_msgs/msg/Image', text)
-        chat = w.register_msgdef('std_msgs/msg/String', 'string data\n')
-        for i in range(12):
-            t = 1_700_000_000 * 10**9 + i * 50_000_000
-            w.write_message('/front/image_raw', img, {
-                'header': {'stamp': {'sec': t // 10**9, 'nanosec': t % 10**9},
-                           'frame_id': 'front'},
-                'height': 28, 'width': 28, 'encoding': 'mono8', 'is_bigendian': 0,
-                'step': 28, 'data': bytes(np.full(784, i * 20, np.uint8))},
-                log_time=t, publish_time=t)
-            w.write_message('/chatter', chat, {'data': 'x'}, log_time=t, publish_time=t)
-        w.finish()
+    foreign_mcap(path, chatter=True)
     out = str(tmp_path / 'rep')
     assert main(['replay', path, '--out', out, '--deterministic']) == 0
     rep = _report(out)
