@@ -17,13 +17,16 @@ run again by this executor (``health().max_depth``). Measured stage times above
 """
 from collections import deque
 from dataclasses import dataclass, field
+import heapq
 import itertools
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from anytime_infer.model.data import Preprocess, to_tensor_batch
+from anytime_infer.scheduler.planner import choose_planner, OffPathPlanner
 from anytime_infer.scheduler.policies import make_policy, Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import ERROR, INFEASIBLE, QUEUE_FULL, SHUTDOWN, Task
@@ -52,6 +55,16 @@ GUARD_QUANTILE = 99.0
 GUARD_WINDOW_S = 10.0
 GUARD_MIN_RUNS = 20
 GUARD_MAX_SHARE = 0.5
+# How decisions are made for a contingent policy (imprecise_dp, imprecise_dp_flat):
+# ``thread`` plans off the critical path (a planner thread, while a stage runs; the
+# worker looks the plan up at the boundary), ``inline`` runs the DP at the boundary,
+# ``auto`` picks one from measured costs (``planner.choose_planner``).
+PLANNER_MODES = ('auto', 'thread', 'inline')
+# The interpreter's switch interval while an executor runs (s): a thread waiting for the
+# GIL asks the holder to drop it after this long. Python's 5 ms default let another thread
+# (the camera callbacks, the planner, outcome delivery) keep the worker waiting for the GIL
+# for up to 5 ms after a stage whose kernels released it; stages here last 0.1-1 ms.
+SWITCH_INTERVAL_S = 0.0005
 log = logging.getLogger('anytime_infer.executor')
 
 
@@ -104,7 +117,9 @@ class ExecutorHealth:
     ``stalled``: slowdown above ``STALL_FACTOR``; ``stage_failures``: per stage, the runs
     that raised or gave a non-finite output; ``max_depth``: the deepest stage the executor
     still runs (below ``num_stages`` once a stage was disabled); ``message``: '' when
-    healthy, else what is wrong. ``overhead_ms_p50`` and ``overhead_share``: see
+    healthy, else what is wrong. ``overhead_ms_p50``/``_p99``, ``overhead_share`` and
+    its parts (``admit_share``, ``decide_share``, ``dispatch_share``, ``exit_share``,
+    ``publish_share``), ``planner``, ``plan_lookups``, ``plan_fallbacks``: see
     ``Executor.stats``; ``late_causes``, ``late_stage_start_ms_p50`` (``stage_start_ms``
     p50), ``wake_late_ms_p99`` and ``deadline_guard_ms`` (``guard_ms``): see
     ``Executor.lateness``.
@@ -119,6 +134,15 @@ class ExecutorHealth:
     stage_slowdown: Dict[int, float] = field(default_factory=dict)
     overhead_ms_p50: float = 0.0
     overhead_share: float = 0.0
+    overhead_ms_p99: float = 0.0
+    admit_share: float = 0.0
+    decide_share: float = 0.0
+    dispatch_share: float = 0.0
+    exit_share: float = 0.0
+    publish_share: float = 0.0
+    planner: str = 'inline'
+    plan_lookups: int = 0
+    plan_fallbacks: int = 0
     late_causes: Dict[str, int] = field(default_factory=dict)
     late_stage_start_ms_p50: float = 0.0
     wake_late_ms_p99: float = 0.0
@@ -183,7 +207,10 @@ class Executor:
                  on_outcome: Callable[[FrameOutcome], None], policy: str = 'imprecise_dp',
                  depth: Optional[int] = None, device: str = 'auto', max_pending: int = 64,
                  clock: Callable[[], float] = time.monotonic, percentile: int = 95,
-                 batching: bool = True, publish_margin: float = 0.002) -> None:
+                 batching: bool = True, publish_margin: float = 0.002,
+                 planner: str = 'auto') -> None:
+        if planner not in PLANNER_MODES:
+            raise ValueError(f'planner must be one of {PLANNER_MODES}, not {planner!r}')
         self.device = pick_device(device)
         self.net = net.to(self.device).eval()
         self.card = card
@@ -192,6 +219,12 @@ class Executor:
         self.profile = profile
         self.num_stages = profile.num_stages
         self.temps = torch.tensor(list(temperatures), dtype=torch.float32)
+        self._temps_np = np.asarray(list(temperatures), dtype=np.float32)
+        # Input normalisation folded into one multiply-add (x / 255 - mean) / std.
+        std = np.asarray(self.pre.std, dtype=np.float32)
+        self._in_scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._in_offset = (-np.asarray(self.pre.mean, dtype=np.float32) / std).astype(
+            np.float32)
         self.times = StageTimes(profile, percentile=percentile)
         self._batching = batching
         self._plan_profile = profile          # truncated once a stage is disabled
@@ -201,6 +234,14 @@ class Executor:
         if self.policy.simulation_only:
             raise ValueError(f'policy {policy!r} is for simulation only (it needs ground truth)')
         self._policy_args: Tuple[str, Optional[int]] = (policy, depth)
+        self.planner_requested = planner
+        self._auto_choice: Optional[Tuple[str, float]] = None
+        self._link: Optional[OffPathPlanner] = None   # thread mode: the worker's end
+        self._ended: List[int] = []                    # the tasks of the stage just run
+        self._planner: Optional[threading.Thread] = None
+        self.planner_s: Deque[float] = deque(maxlen=4000)   # planner thread, per plan
+        # Boundary counts of the links replaced (a policy switch makes a new one).
+        self._lookups: Dict[str, int] = {}
         self.on_outcome = on_outcome
         self.max_pending = max_pending
         self.publish_margin = publish_margin
@@ -220,6 +261,22 @@ class Executor:
         self._generation = 0      # a worker or watcher of an earlier start() ends itself
         self._thread: Optional[threading.Thread] = None
         self._watcher: Optional[threading.Thread] = None
+        # Tasks with a result, by when they fall due: (deadline - margin, task id); lazy
+        # deletion (an id no longer pending is skipped). Under ``_lock``.
+        self._due: List[Tuple[float, int]] = []
+        # Outcome delivery: the worker's and the watcher's outcomes are queued and a
+        # delivery thread calls ``on_outcome`` (the node's ROS publish), off the worker's
+        # path and outside ``_lock``; stop() delivers what is left before it returns.
+        self._outbox: Deque[FrameOutcome] = deque()
+        self._out_cond = threading.Condition()
+        self._out_waiting = False
+        self._delivering = False
+        self._deliverer: Optional[threading.Thread] = None
+        self._queue_from: frozenset = frozenset()   # thread idents whose outcomes queue
+        self._switch_saved: Optional[float] = None
+        # Per cycle, the worker's time in the exit post-processing and in publishing.
+        self._t_exit = 0.0
+        self._t_emit = 0.0
         self.decision_s: Deque[float] = deque(maxlen=10000)   # recent, for statistics
         self.stage_s: Deque[float] = deque(maxlen=10000)
         # Health and overhead records (the worker writes, health()/stats() read).
@@ -235,7 +292,8 @@ class Executor:
         self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
         # time, the same in the worker thread's CPU time, then the wall time admitting
-        # frames and deciding (publishing due results, the policy, drops and finishes).
+        # frames, deciding (publishing due results, the policy, drops and finishes), the
+        # exit post-processing (softmax, copy back) and publishing outcomes.
         self._cycles: Deque[Tuple[float, ...]] = deque(maxlen=4000)
         # Lateness: tasks published after their deadline, by where they were then
         # (``late_causes``), with (where, stage, seconds late, stage start - deadline) for the
@@ -265,14 +323,46 @@ class Executor:
                 self._closed = False
                 self._generation += 1
                 gen = self._generation
+        if self._switch_saved is None:
+            self._switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_saved, SWITCH_INTERVAL_S))
+        with self._out_cond:
+            self._delivering = True
+        if self._deliverer is None or not self._deliverer.is_alive():
+            self._deliverer = threading.Thread(target=self._deliver, daemon=True,
+                                               name='anytime_infer_outcomes')
+            self._deliverer.start()
+        mode = self.planner_mode     # measured once (auto) before any thread starts
+        with self._lock:
+            self._set_link()
         self._thread = threading.Thread(target=self._loop, args=(gen,),
                                         name='anytime_infer_worker', daemon=True)
         self._thread.start()
+        queued = {self._thread.ident}
         self._watcher = None
         if self.policy.anytime:
             self._watcher = threading.Thread(target=self._watch, args=(gen,), daemon=True,
                                              name='anytime_infer_deadlines')
             self._watcher.start()
+            queued.add(self._watcher.ident)
+        self._queue_from = frozenset(queued)
+        self._planner = None
+        if mode == 'thread':
+            self._planner = threading.Thread(target=self._plan_loop, args=(gen,),
+                                             daemon=True, name='anytime_infer_planner')
+            self._planner.start()
+
+    @property
+    def planner_mode(self) -> str:
+        """Return how the policy decides: ``thread`` (off the critical path) or ``inline``."""
+        if not getattr(self.policy, 'contingent', False):
+            return 'inline'
+        if self.planner_requested != 'auto':
+            return self.planner_requested
+        if self._auto_choice is None:
+            # One measurement per executor: an inline DP decision against a mean stage.
+            self._auto_choice = choose_planner(self._plan_profile)
+        return self._auto_choice[0]
 
     def submit(self, job: FrameJob) -> bool:
         """Queue a frame; a full queue ends it at once as dropped / queue_full."""
@@ -309,6 +399,8 @@ class Executor:
                     'are published at their deadline: deactivate first')
             self.policy = new
             self._policy_args = (name, depth)
+            if self._running:
+                self._set_link()
 
     def stop(self, timeout: float = 5.0) -> None:
         """
@@ -323,7 +415,7 @@ class Executor:
         interrupted = False
         end = time.monotonic() + timeout
         for phase in (self._signal_stop, lambda: self._join(end), self._flush_inbox,
-                      self._flush_tasks):
+                      self._flush_tasks, lambda: self._drain(end)):
             for _ in range(5):      # a phase that was interrupted is repeated (idempotent)
                 try:
                     phase()
@@ -360,19 +452,30 @@ class Executor:
         the worker's time preempted or waiting for the GIL; ``overhead_cpu_share`` is the
         same share in the worker thread's CPU time (what the worker itself spends).
         Where the overhead goes, as shares of busy wall time: ``admit_share`` (frames to
-        tensors), ``decide_share`` (results due, the policy, drops and finishes) and
-        ``dispatch_share`` (the rest: batching, exit softmax and copy, outcomes).
+        tensors), ``decide_share`` (results due, the decision: the policy inline, a plan
+        lookup in thread mode; drops and finishes), ``exit_share`` (the exit's softmax and
+        copy back), ``publish_share`` (handing outcomes over: queued for the delivery
+        thread while running) and ``dispatch_share`` (the rest: locks, batching, the check
+        at the stage start, bookkeeping after it). ``planner``: ``thread`` or ``inline``;
+        thread mode counts its boundaries: ``plan_lookups`` (decided from a plan),
+        ``plan_fallbacks`` (no plan covered the front, or a guard failed: the cheap safe
+        action), ``plan_mandatory`` (the front's mandatory stage: no plan needed),
+        ``plans`` (plans adopted) and ``planner_ms_p50`` (the planner thread, per plan).
         """
         with self._health_lock:
             cycles = list(self._cycles)
         per_stage = [c[0] - c[1] for c in cycles if c[1] > 0]
-        busy = sum(c[0] for c in cycles)
-        inside = sum(c[1] for c in cycles)
-        busy_cpu = sum(c[2] for c in cycles)
-        inside_cpu = sum(c[3] for c in cycles)
-        admit = sum(c[4] for c in cycles)
-        decide = sum(c[5] for c in cycles)
+        col = list(zip(*cycles)) if cycles else [()] * 8
+        busy, inside, busy_cpu, inside_cpu, admit, decide, ex, emit = (
+            float(sum(c)) for c in col)
         dec = list(self.decision_s)[-4000:]
+        plans = list(self.planner_s)
+        counts = dict(self._lookups)
+        link = self._link
+        if link is not None:
+            for key, n in vars(link.stats).items():
+                if isinstance(n, int):
+                    counts[key] = counts.get(key, 0) + n
 
         def share(x: float) -> float:
             return x / busy if busy > 0 else 0.0
@@ -383,10 +486,18 @@ class Executor:
             'overhead_share': share(busy - inside),
             'admit_share': share(admit),
             'decide_share': share(decide),
-            'dispatch_share': share(busy - inside - admit - decide),
+            'exit_share': share(ex),
+            'publish_share': share(emit),
+            'dispatch_share': share(busy - inside - admit - decide - ex - emit),
             'overhead_cpu_share': (busy_cpu - inside_cpu) / busy_cpu if busy_cpu > 0 else 0.0,
             'decision_ms_p50': 1000 * float(np.median(dec)) if dec else 0.0,
             'busy_cycles': float(len(cycles)),
+            'planner': self.planner_mode,
+            'plan_lookups': counts.get('exact', 0) + counts.get('stale', 0),
+            'plan_fallbacks': counts.get('fallback', 0),
+            'plan_mandatory': counts.get('mandatory', 0),
+            'plans': counts.get('plans', 0),
+            'planner_ms_p50': 1000 * float(np.median(plans)) if plans else 0.0,
         }
 
     def lateness(self) -> Dict[str, Any]:
@@ -456,10 +567,16 @@ class Executor:
                 f'stage {s}: {failures[s]}' for s in recent_fail))
         st = self.stats()
         late = self.lateness()
-        return ExecutorHealth(slowdown, stalled, failures, k, n, '; '.join(msgs), per,
-                              st['overhead_ms_p50'], st['overhead_share'],
-                              late['late_causes'], late['stage_start_ms'].get('p50', 0.0),
-                              late['wake_late_ms_p99'], late['guard_ms'])
+        return ExecutorHealth(
+            slowdown, stalled, failures, k, n, '; '.join(msgs), per,
+            overhead_ms_p50=st['overhead_ms_p50'], overhead_share=st['overhead_share'],
+            overhead_ms_p99=st['overhead_ms_p99'], admit_share=st['admit_share'],
+            decide_share=st['decide_share'], dispatch_share=st['dispatch_share'],
+            exit_share=st['exit_share'], publish_share=st['publish_share'],
+            planner=st['planner'], plan_lookups=st['plan_lookups'],
+            plan_fallbacks=st['plan_fallbacks'], late_causes=late['late_causes'],
+            late_stage_start_ms_p50=late['stage_start_ms'].get('p50', 0.0),
+            wake_late_ms_p99=late['wake_late_ms_p99'], deadline_guard_ms=late['guard_ms'])
 
     def _slowdowns(self, now: float) -> Dict[int, float]:
         """Per stage measured recently: median measured / calibrated time (health lock held)."""
@@ -499,13 +616,28 @@ class Executor:
 
     def _join(self, end: float) -> None:
         """Wait for the worker and the watcher until ``end`` (short joins: interruptible)."""
-        for th in (self._thread, self._watcher):
+        for th in (self._thread, self._watcher, self._planner):
             while th is not None and th.is_alive() and time.monotonic() < end:
                 th.join(0.05)
         if self._thread is not None and self._thread.is_alive():
             log.warning('worker still inside a stage after the stop timeout; its tasks end '
                         'now as shutdown')
-        self._thread = self._watcher = None
+        self._thread = self._watcher = self._planner = None
+        if self._switch_saved is not None:
+            sys.setswitchinterval(self._switch_saved)
+            self._switch_saved = None
+
+    def _drain(self, end: float) -> None:
+        """Stop the delivery thread and deliver every outcome still queued, here."""
+        with self._out_cond:
+            self._delivering = False
+            self._out_cond.notify_all()
+        th = self._deliverer
+        while th is not None and th.is_alive() and time.monotonic() < end + 1.0:
+            th.join(0.05)
+        self._deliverer = None
+        # Whatever is left (a callback that hung, or the thread gone): each popped once.
+        self._flush_outbox()
 
     def _flush_inbox(self) -> None:
         """Queued frames not yet taken by the worker end as ``shutdown``, one by one."""
@@ -544,6 +676,52 @@ class Executor:
         return make_policy(name, self._plan_profile, depth=depth, times=self.times,
                            batching=self._batching)
 
+    def _set_link(self) -> None:
+        """
+        Make the worker's end of a new planner link for the policy (lock held).
+
+        In thread mode with a contingent policy only; the tasks in flight are posted to it
+        as arrivals (with their progress), so its planner sees them. The counts of the
+        link it replaces are kept for ``stats``.
+        """
+        old = self._link
+        if old is not None:
+            for key, n in vars(old.stats).items():
+                if isinstance(n, int):
+                    self._lookups[key] = self._lookups.get(key, 0) + n
+        self._link = None
+        if self.planner_mode != 'thread':
+            return
+        link = OffPathPlanner(self.policy)
+        for task in sorted(self._tasks.values(), key=lambda t: (t.deadline, t.task_id)):
+            link.arrived(task)
+        self._link = link
+
+    def _plan_loop(self, gen: int) -> None:
+        """
+        Plan from each stage start while that stage runs (the planner thread).
+
+        It sees the worker's tasks only through the link's events (see
+        ``scheduler.planner``); torch releases the GIL inside a stage's kernels, so on a
+        machine with a second core the plan is often ready when the stage ends.
+        """
+        while self._running and gen == self._generation:
+            link = self._link
+            if link is None:
+                time.sleep(0.05)
+                continue
+            seq = link.wait_for_stage(0.05)
+            if seq is None or link is not self._link:
+                continue
+            try:
+                plan = link.plan(seq)
+            except Exception:  # noqa: B902 - a failed plan leaves the safe action
+                log.exception('planner failed; the worker takes the safe action')
+                time.sleep(0.01)
+                continue
+            if plan is not None:
+                self.planner_s.append(plan.planner_s)
+
     def _inputs(self, jobs: List[FrameJob]) -> List[Optional[torch.Tensor]]:
         """
         Convert the jobs' crops to normalised device tensors (None for a job that fails).
@@ -562,8 +740,7 @@ class Executor:
         for idx in groups.values():
             try:
                 arrays = [jobs[i].inputs for i in idx]
-                x = to_tensor_batch(arrays[0] if len(idx) == 1 else np.concatenate(arrays),
-                                    self.pre).to(self.device, non_blocking=True)
+                x = self._to_tensor(arrays[0] if len(idx) == 1 else np.concatenate(arrays))
                 at = 0
                 for i in idx:
                     n = len(jobs[i].inputs)
@@ -578,6 +755,21 @@ class Executor:
                 except Exception as e:  # noqa: B902 - a bad job ends as an error
                     log.error('cannot prepare frame %d: %s', jobs[i].frame_id, e)
         return out
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """
+        Return uint8 (N, H, W, C) crops as normalised (N, C, H, W) tensors on the device.
+
+        On the CPU one numpy multiply-add and one transpose (a few microseconds for small
+        crops; the torch ops of ``to_tensor_batch`` cost tens); on a GPU the uint8 crops
+        are copied and normalised there.
+        """
+        if self.device.type != 'cpu' or images.dtype != np.uint8:
+            return to_tensor_batch(images, self.pre).to(self.device, non_blocking=True)
+        x = images.astype(np.float32)
+        x *= self._in_scale
+        x += self._in_offset
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
     def _admit(self, jobs: List[FrameJob]) -> None:
         if self._closed or self.max_depth == 0:
@@ -594,10 +786,14 @@ class Executor:
             # Planned to a deadline earlier by the measured overrun (judged on its own).
             guard = min(self.guard_s, GUARD_MAX_SHARE * max(job.deadline - job.arrival, 0.0)) \
                 if self.policy.anytime else 0.0
+            link = self._link
             for i in range(len(job.inputs)):
                 tid = next(self._ids)
-                self._tasks[tid] = Task(tid, job.stream, job.arrival, job.deadline - guard,
-                                        self.max_depth, job.weight, stamp=job.stamp)
+                self._tasks[tid] = task = Task(tid, job.stream, job.arrival,
+                                               job.deadline - guard, self.max_depth,
+                                               job.weight, stamp=job.stamp)
+                if link is not None:
+                    link.arrived(task)
                 if guard:
                     self._guard_of[tid] = guard
                 self._state[tid] = x[i:i + 1]
@@ -623,9 +819,12 @@ class Executor:
         """
         One busy cycle per stage boundary: admit, decide, run the stage, its outcomes.
 
-        The phases are apart so that a planner may later run beside the stage: only
-        ``_decide`` plans, only ``_run_stage`` touches the device.
+        The phases are apart so that a planner thread runs beside the stage: only
+        ``_decide`` decides (a plan lookup in thread mode), only ``_run_stage`` touches
+        the device. Each phase is timed for ``stats`` (outcomes published in a phase are
+        counted as publishing, not as that phase).
         """
+        self._worker_ident = threading.get_ident()
         while True:
             jobs = self._take_jobs(gen)
             if jobs is None:
@@ -633,15 +832,19 @@ class Executor:
             t0, c0 = time.perf_counter(), time.thread_time()
             inside, inside_cpu, wait = 0.0, 0.0, None
             t_admit = t_decide = t0
+            self._t_exit = self._t_emit = 0.0
+            e_admit = e_decide = 0.0
             worked = bool(jobs or self._tasks)
             try:
                 if jobs:
                     with self._lock:
                         self._admit(jobs)
                 t_admit = t_decide = time.perf_counter()
+                e_admit = e_decide = self._t_emit
                 if self._tasks:
                     run, wait = self._decide()
                     t_decide = time.perf_counter()
+                    e_decide = self._t_emit
                     if run:
                         inside, inside_cpu = self._run_stage(run)
             except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
@@ -656,7 +859,9 @@ class Executor:
                 with self._health_lock:
                     self._cycles.append((time.perf_counter() - t0, inside,
                                          time.thread_time() - c0, inside_cpu,
-                                         t_admit - t0, t_decide - t_admit))
+                                         t_admit - t0 - e_admit,
+                                         t_decide - t_admit - (e_decide - e_admit),
+                                         self._t_exit, self._t_emit))
             if wait is not None:
                 self._idle(wait)
 
@@ -673,7 +878,13 @@ class Executor:
             if self.policy.anytime:
                 self._publish_due(now, 'worker')
             t0 = time.perf_counter()
-            dec = self.policy.decide(now, list(self._tasks.values()))
+            link = self._link
+            if link is not None:
+                # Thread mode: a lookup in the plan made while the last stage ran.
+                dec = link.decide(now, self._tasks, self._ended)
+            else:
+                dec = self.policy.decide(now, list(self._tasks.values()))
+            self._ended = []
             self.decision_s.append(time.perf_counter() - t0)
             now = self.clock()
             for tid, reason in dec.drop:
@@ -682,6 +893,9 @@ class Executor:
             for tid in dec.finish:
                 if tid in self._tasks:
                     self._finish(tid, now, 'decide')
+            if link is not None:
+                # What the boundary cost the worker: plans leave room for it.
+                link.boundary_time(time.perf_counter() - t0)
             run = [t for t in dec.run if t in self._tasks]
             if run or dec.drop or dec.finish:
                 return run, None
@@ -701,16 +915,17 @@ class Executor:
         A result goes out ``publish_margin`` before its deadline (thread wake-up jitter
         would otherwise make it late by a fraction of a millisecond).
         """
-        nxt = float('inf')
-        margin = self.publish_margin
-        for tid, task in list(self._tasks.items()):
-            if task.stages_done >= 1:
-                due = task.deadline - margin
-                if due <= now:
-                    self._finish(tid, now, where)
-                elif due < nxt:
-                    nxt = due
-        return nxt
+        heap, tasks = self._due, self._tasks
+        while heap:
+            due, tid = heap[0]
+            if tid not in tasks:
+                heapq.heappop(heap)        # published or dropped meanwhile
+            elif due <= now:
+                heapq.heappop(heap)
+                self._finish(tid, now, where)
+            else:
+                return due
+        return float('inf')
 
     def _watch(self, gen: int) -> None:
         """
@@ -750,17 +965,19 @@ class Executor:
                 if not tids:
                     return 0.0, 0.0
             inputs = [self._state[t] for t in tids]
+            started = self.clock()
+            link = self._link
+            if link is not None:
+                link.stage_start(started, tids, stage)   # the planner plans meanwhile
         t0 = time.perf_counter()
-        started = self.clock()
         timer = StageTimer(self.device)
         try:
             x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
             with timer:
                 state, logits = self.net.run_stage(stage, x)
-            probs = torch.softmax(logits.float() / self.temps[stage - 1].to(logits.device), 1)
-            conf, pred = probs.max(dim=1)
-            finite = torch.isfinite(logits).all(dim=1) & torch.isfinite(conf)
-            conf, pred, finite = conf.cpu().numpy(), pred.cpu().numpy(), finite.cpu().numpy()
+            t_exit = time.perf_counter()
+            conf, pred, finite = self._exit(logits, stage)
+            self._t_exit += time.perf_counter() - t_exit
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
             dispatch = time.perf_counter() - t0
@@ -782,6 +999,8 @@ class Executor:
         self._stage_ran(stage, len(tids), timer.seconds, failed=bad > 0,
                         error=f'non-finite output for {bad} of {len(tids)} input(s)')
         with self._lock:
+            link = self._link
+            ended = self._ended = []
             for i, tid in enumerate(tids):
                 task = self._tasks.get(tid)
                 if task is None:      # published at its deadline while the stage ran
@@ -790,8 +1009,14 @@ class Executor:
                     self._end_failed(tid, self.clock())
                     continue
                 task.stages_done = stage
-                task.confidences.append(float(conf[i]))
-                self._state[tid] = state[i:i + 1]
+                c = float(conf[i])
+                task.confidences.append(c)
+                if link is not None:
+                    link.stage_done(tid, stage, c)
+                    ended.append(tid)
+                if stage == 1:
+                    heapq.heappush(self._due, (task.deadline - self.publish_margin, tid))
+                self._state[tid] = state[i:i + 1] if len(tids) > 1 else state
                 frame = self._frames[self._task_frame[tid]]
                 roi = frame['rois'][frame['tids'].index(tid)]
                 self._result[tid] = CropResult(int(pred[i]), self.classes[int(pred[i])],
@@ -802,6 +1027,29 @@ class Executor:
                     # done, or due: publish what it has now
                     self._finish(tid, now, 'stage', started)
         return timer.seconds, timer.cpu_seconds
+
+    def _exit(self, logits: torch.Tensor, stage: int
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Return an exit's confidence, class and finiteness per input (numpy).
+
+        One copy back, then the tempered softmax's maximum in numpy: on logits of a few
+        rows numpy's operations cost about a microsecond each, torch's several.
+        """
+        z = logits.detach()
+        if z.device.type != 'cpu':
+            z = z.cpu()
+        z = z.float().numpy() / self._temps_np[stage - 1]
+        finite = np.isfinite(z).all(axis=1)
+        pred = z.argmax(axis=1)
+        if finite.all():
+            # The largest probability: exp(0) over the sum of exp(z - max).
+            conf = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+        else:
+            with np.errstate(all='ignore'):
+                conf = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+            finite &= np.isfinite(conf)
+        return conf, pred, finite
 
     def _still_in_time(self, stage: int, tids: List[int]) -> Tuple[List[int], float]:
         """
@@ -891,6 +1139,8 @@ class Executor:
             self.policy = self._make_policy(*self._policy_args)
             for task in self._tasks.values():
                 task.num_stages = min(task.num_stages, depth)
+            if self._running:
+                self._set_link()
 
     def _end_failed(self, tid: int, now: float) -> None:
         """End a task that cannot go on: its deepest finite exit if any, else ``error``."""
@@ -904,6 +1154,8 @@ class Executor:
     # -- outcomes -------------------------------------------------------------------------
     def _close(self, tid: int) -> Optional[dict]:
         self._tasks.pop(tid, None)
+        if self._link is not None:
+            self._link.removed(tid)
         self._guard_of.pop(tid, None)
         self._state.pop(tid, None)
         fid = self._task_frame.pop(tid)
@@ -961,7 +1213,46 @@ class Executor:
             self._emit(out)
 
     def _emit(self, outcome: FrameOutcome) -> None:
+        """Deliver one outcome: queued from the worker and the watcher, else called here."""
+        if self._delivering and threading.get_ident() in self._queue_from:
+            t0 = time.perf_counter()
+            self._outbox.append(outcome)
+            if not self._delivering:
+                # stop() drained the queue meanwhile: what is left is delivered here.
+                self._flush_outbox()
+            elif self._out_waiting:
+                with self._out_cond:
+                    self._out_cond.notify()
+            self._t_emit += time.perf_counter() - t0
+            return
+        self._call(outcome)
+
+    def _call(self, outcome: FrameOutcome) -> None:
         try:
             self.on_outcome(outcome)
         except Exception:  # noqa: B902 - a failing callback must not stop the worker
             log.exception('outcome callback failed')
+
+    def _flush_outbox(self) -> None:
+        """Deliver every queued outcome in this thread (each is popped once)."""
+        while self._outbox:
+            try:
+                out = self._outbox.popleft()
+            except IndexError:
+                return
+            self._call(out)
+
+    def _deliver(self) -> None:
+        """Call ``on_outcome`` for the queued outcomes, in order (the delivery thread)."""
+        box, cond = self._outbox, self._out_cond
+        while True:
+            self._flush_outbox()
+            with cond:
+                if not self._delivering:
+                    return
+                # Flag first, look again second: an outcome queued before the flag was
+                # seen is found here, one queued after it notifies.
+                self._out_waiting = True
+                if not box:
+                    cond.wait(0.1)
+                self._out_waiting = False
