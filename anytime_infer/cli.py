@@ -334,6 +334,25 @@ def _add_bench_node(sub) -> None:
     p.set_defaults(func=_cmd_bench_node)
 
 
+def _cmd_bench_executor(args: argparse.Namespace) -> int:
+    from anytime_infer.faults import bench_executor
+    bench_executor([float(x) for x in args.loads.split(',')], args.planners.split(','),
+                   args.seconds, args.rounds, args.deadline_ms / 1000.0)
+    return 0
+
+
+def _add_bench_executor(sub) -> None:
+    p = sub.add_parser('bench-executor', help='the worker in-process (fashion_mnist, CPU): '
+                       'its overhead per stage and share of busy time at each load, planner '
+                       'inline vs thread side by side')
+    p.add_argument('--loads', default='1,2', help='x the full-depth capacity, comma-separated')
+    p.add_argument('--planners', default='inline,thread')
+    p.add_argument('--seconds', type=float, default=5.0, help='per run')
+    p.add_argument('--rounds', type=int, default=1, help='repeat the interleaved runs')
+    p.add_argument('--deadline-ms', type=float, default=50.0)
+    p.set_defaults(func=_cmd_bench_executor)
+
+
 def _cmd_make_bag(args: argparse.Namespace) -> int:
     from anytime_infer.replay import make_bag
     info = make_bag(args.out, args.model, args.images, args.storage, args.compressed,
@@ -498,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
-                          _add_bench, _add_bench_model, _add_bench_node, _add_demo,
+                          _add_bench, _add_bench_model, _add_bench_node,
+                          _add_bench_executor, _add_demo,
                           _add_export_samples, _add_make_bag, _add_replay, _add_evaluate,
                           _add_soak]
 

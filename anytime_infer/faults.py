@@ -265,6 +265,56 @@ def _overhead_run(images, load: float, deadline_s: float, log) -> Dict:
     return {'load': load, 'rate_hz': rate, 'window': w, 'stats': st}
 
 
+def bench_executor(loads: Sequence[float] = (1.0, 2.0),
+                   planners: Sequence[str] = ('inline', 'thread'), seconds: float = 5.0,
+                   rounds: int = 1, deadline_s: float = 0.05, cameras: int = 2,
+                   log: Callable[[str], None] = print) -> List[Dict]:
+    """
+    Drive the executor (bundled fashion_mnist, CPU) at each load, once per planner mode.
+
+    Load: frames per second times the calibrated full-depth time (1x: the model at full
+    depth would keep the worker just busy). The runs are interleaved (round by round, load
+    by load, mode by mode) so that modes are compared under the same machine load. Prints
+    one line per run (overhead per stage run, its share of busy time and its parts,
+    on-time share, depth, plan lookups) and returns the figures.
+    """
+    from anytime_infer.camera_player import load_samples
+    torch.set_num_threads(1)          # as the node (torch_threads 1)
+    images = load_samples('fashion_mnist')['images']
+    log(f'executor, fashion_mnist on the CPU, {cameras} cameras, deadline '
+        f'{1000 * deadline_s:g} ms, {seconds:g} s per run; load average '
+        f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}')
+    log('| load | planner | overhead per stage p50 / p99 (ms) | share of busy time | admit | '
+        'decide | exit | publish | dispatch | on time | depth | lookups / fallbacks |')
+    log('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    rows = []
+    for _ in range(rounds):
+        for load in loads:
+            for mode in planners:
+                ex, outcomes = make_executor(planner=mode)
+                rate = load / ex.profile.full_depth_mean()
+                faults = FaultyStages(ex.net)
+                ex.start()
+                try:
+                    drive(ex, images, rate, deadline_s, [(seconds, None)], faults,
+                          cameras=cameras)
+                finally:
+                    ex.stop()
+                st = ex.stats()
+                w = window(outcomes, min(1.0, seconds / 4), seconds)
+                log(f'| {load:g}x ({rate:.0f} Hz) | {st["planner"]} | '
+                    f'{st["overhead_ms_p50"]:.3f} / {st["overhead_ms_p99"]:.3f} | '
+                    f'{st["overhead_share"]:.3f} | {st["admit_share"]:.3f} | '
+                    f'{st["decide_share"]:.3f} | {st["exit_share"]:.3f} | '
+                    f'{st["publish_share"]:.3f} | {st["dispatch_share"]:.3f} | '
+                    f'{w["on_time"]:.3f} | {w["depth"]:.2f} | '
+                    f'{st["plan_lookups"]} / {st["plan_fallbacks"]} |')
+                rows.append({'load': load, 'planner': mode, 'rate_hz': rate,
+                             'window': w, 'stats': st})
+    log(f'load average after: {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Print the stall-recovery and throttling figures."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])

@@ -122,7 +122,7 @@ def test_every_parameter_through_set_parameters(peer):
     refused(peer, 'roi_topics', ['rois'], 'at activate')
     for name, value in (('model', 'traffic_lights'), ('device', 'cpu'),
                         ('camera_topics', ['a/image_raw']), ('percentile', 95),
-                        ('torch_threads', 2), ('vision_msgs', False)):
+                        ('torch_threads', 2), ('vision_msgs', False), ('planner', 'thread')):
         refused(peer, name, value, 'takes effect at configure')
     refused(peer, 'autostart', False, 'read once when the node starts')
     accepted(peer, 'model', 'fashion_mnist')        # unchanged: nothing to refuse
@@ -155,9 +155,22 @@ def test_every_parameter_through_set_parameters(peer):
     accepted(peer, 'deadlines_ms', [0.0])
     accepted(peer, 'camera_topics', ['camera_front/image_raw'])
     accepted(peer, 'percentile', 95)
+    refused(peer, 'planner', 'sometimes', 'planner must be one of')
+    accepted(peer, 'planner', 'thread')
+    accepted(peer, 'policy', 'imprecise_dp')      # planned in a thread: contingent
+    peer.diagnostics.clear()
     assert peer.transition('configure') and peer.transition('activate')
     assert peer.spin_until(lambda: peer.endpoints(CAMERAS[0], 'sub') == 1 and
                            peer.endpoints(CAMERAS[1], 'sub') == 0)
     assert peer.spin_until(lambda: peer.send(0, timeout=2.0) is not None)
+
+    # The executor built at configure plans in a thread: its /diagnostics say so.
+    def planner_reported():
+        for arr in peer.diagnostics[-5:]:
+            for st in arr.status:
+                if st.name == 'anytime_infer: executor':
+                    return {kv.key: kv.value for kv in st.values}.get('planner')
+        return None
+    assert peer.spin_until(lambda: planner_reported() == 'thread'), planner_reported()
     assert peer.proc.poll() is None, 'the node died'
     assert peer.duplicates == 0

@@ -245,7 +245,8 @@ class AnytimeInferNode(LifecycleNode):
             self.executor_ = Executor(
                 net, card, profile, raw['temperature'], self._on_outcome,
                 policy=self.cfg.policy, depth=self.cfg.fixed_depth, device=self.cfg.device,
-                max_pending=self.cfg.max_queue, clock=self._now, percentile=self.cfg.percentile)
+                max_pending=self.cfg.max_queue, clock=self._now, percentile=self.cfg.percentile,
+                planner=self.cfg.planner)
             self.executor_.warm_up()
         except (RuntimeError, ValueError, OSError) as e:
             self.get_logger().error(f'configure failed: {e}')

@@ -67,6 +67,10 @@ SPECS = [
     ParamSpec('status_rate_hz', 1.0, 'rate of SchedulerStatus and /diagnostics', 0.01, 100.0),
     ParamSpec('percentile', 99, 'stage-time percentile the plans use', choices=(50, 95, 99),
               applies=CONFIGURE),
+    ParamSpec('planner', 'auto', 'where imprecise_dp plans: thread (a planner thread while '
+              'a stage runs; the worker looks the plan up), inline (at each stage boundary), '
+              'auto (thread where a measured decision costs a stage or more)',
+              choices=('auto', 'thread', 'inline'), applies=CONFIGURE),
     ParamSpec('roi_topics', [''], 'per camera, a DetectionArray topic whose detections` roi '
               'fields are regions to classify in its frames (one task each, with the frame '
               'deadline); empty: classify the whole frame', applies=ACTIVATE),
@@ -105,6 +109,7 @@ class NodeConfig:
     debug_image: bool = False
     status_rate_hz: float = 1.0
     percentile: int = 99
+    planner: str = 'auto'
     roi_topics: List[str] = field(default_factory=list)
     roi_max_age_s: float = 0.2
     torch_threads: int = 1
