@@ -318,7 +318,7 @@ def _add_bench_model(sub) -> None:
 def _cmd_bench_node(args: argparse.Namespace) -> int:
     from anytime_infer.demo import bench_node
     print(bench_node(args.model, [float(r) for r in args.rates.split(',')], args.seconds,
-                     reliability=args.qos))
+                     reliability=args.qos, planner=args.planner))
     return 0
 
 
@@ -331,6 +331,8 @@ def _add_bench_node(sub) -> None:
     p.add_argument('--qos', default='reliable', choices=['reliable', 'best_effort'],
                    help='image QoS of camera and node (best_effort loses large frames on '
                    'Fast DDS here; see README)')
+    p.add_argument('--planner', default='auto', choices=['auto', 'thread', 'inline'],
+                   help='where imprecise_dp plans (the node parameter planner)')
     p.set_defaults(func=_cmd_bench_node)
 
 

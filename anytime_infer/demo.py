@@ -63,13 +63,16 @@ def run_demo(model: str = 'fashion_mnist', rate_hz: float = 30.0, seconds: float
 
 def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0),
                seconds: float = 6.0, width: int = 1280, height: int = 720,
-               reliability: str = 'reliable') -> str:
+               reliability: str = 'reliable', planner: str = 'auto') -> str:
     """
     Two rgb8 cameras of ``width`` x ``height`` into the real node, rate by rate.
 
     Reports, per rate, frames sent, received by the node (its own counter), outcomes,
     end-to-end latency (arrival at the node to publication) and the node's per-frame
-    conversion time; frames sent but never received were lost in transport.
+    conversion time; frames sent but never received were lost in transport; and, from
+    ``/diagnostics``, the worker's overhead per stage run (p50 / p99: its busy time not
+    spent in the stage itself) and that overhead's share of its busy time, with the
+    planner mode (``planner``: auto, thread or inline).
     """
     import cv2
     from anytime_infer.ros_env import apply_ros_env_defaults
@@ -87,7 +90,8 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
     proc = subprocess.Popen(node_command(repo_cfg, ['-p', f'model:={model}',
                                                     '-p', 'deadline_ms:=200.0',
                                                     '-p', 'status_rate_hz:=5.0',
-                                                    '-p', f'qos_reliability:={reliability}']),
+                                                    '-p', f'qos_reliability:={reliability}',
+                                                    '-p', f'planner:={planner}']),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rclpy.init()
     node = rclpy.create_node('anytime_infer_bench_camera')
@@ -99,10 +103,11 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
         lambda m: diag.update({kv.key: kv.value for st in m.status for kv in st.values}), 10)
     lines = [f'two {width}x{height} rgb8 cameras, model {model}, {seconds:.0f} s per rate, '
              f'{reliability} image QoS, FASTDDS_BUILTIN_TRANSPORTS='
-             f'{os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")}',
+             f'{os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")}, planner {planner}',
              '', '| rate per camera (Hz) | sent | received by node | outcomes | on time | '
-             'mean depth | latency p50 / p99 (ms) | conversion p50 (ms) |',
-             '|---|---|---|---|---|---|---|---|']
+             'mean depth | latency p50 / p99 (ms) | conversion p50 (ms) | worker overhead '
+             'per stage p50 / p99 (ms) | overhead share of busy time | planner |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     try:
         before = 0
         for rate in rates:
@@ -116,7 +121,10 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
             lines.append(f'| {rate:g} | {s["sent"]} | {got - before} | {s["answered"]} | '
                          f'{s["on_time"]} | {s["mean_depth"]:.2f} | '
                          f'{s["latency_ms_p50"] or 0:.1f} / {s["latency_ms_p99"] or 0:.1f} | '
-                         f'{diag.get("conversion_ms_p50", "?")} |')
+                         f'{diag.get("conversion_ms_p50", "?")} | '
+                         f'{_fmt(diag.get("overhead_ms_p50"))} / '
+                         f'{_fmt(diag.get("overhead_ms_p99"))} | '
+                         f'{_fmt(diag.get("overhead_share"))} | {diag.get("planner", "?")} |')
             before = got
     finally:
         node.destroy_node()
@@ -124,3 +132,11 @@ def bench_node(model: str = 'fashion_mnist', rates=(5.0, 10.0, 15.0, 20.0, 30.0)
         proc.terminate()
         proc.wait(timeout=20)
     return '\n'.join(lines)
+
+
+def _fmt(value) -> str:
+    """Return a /diagnostics number with 3 decimals ('?' where it was not reported)."""
+    try:
+        return f'{float(value):.3f}'
+    except (TypeError, ValueError):
+        return '?'
