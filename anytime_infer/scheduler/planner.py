@@ -10,9 +10,8 @@ accelerator. So the worker does not run it between stages. Instead:
   of it) the DP's plan once that stage has ended: the tasks it plans (the earliest-deadline
   task and its window, in EDF order), their planned depths, and the mandatory block
   reserved behind them. The DP is the same exact DP as ``ImpreciseDP.plan_depths``
-  (:func:`contingent_entry` evaluates it for all outcomes at once: one table query per
-  option of the task, an argmax over an outcomes x options matrix, and the slack fill and
-  backtrack once per distinct choice, not once per outcome).
+  (:func:`contingent_entry` evaluates it for all outcomes at once in one compiled call,
+  ``dpkernel.plan_window``, over suffix tables shared by all outcomes).
 * **At the stage boundary**, if the plan made for this very boundary is ready, the
   worker looks it up by the bin of the exit that just ran and checks cheap guards against
   what the plan could not know: the front task's next stage must fit its deadline and
@@ -75,7 +74,8 @@ import threading
 import time
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from anytime_infer.scheduler.dp import backtrack, best_level, INF, TaskOptions
+from anytime_infer.scheduler.dp import INF
+from anytime_infer.scheduler.dpkernel import pack, plan_window
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, Task
 import numpy as np
 
@@ -180,10 +180,11 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
 
     ``chosen``: the tasks planned (EDF, none to shed), ``x`` first, ``x.stages_done ==
     k``. Exact: row b is what ``ImpreciseDP.plan_depths`` returns with x's confidence in
-    bin b. The suffix tables of the window after x are shared by all outcomes.
+    bin b: one compiled call plans every outcome over the same suffix tables
+    (``dpkernel.plan_window``).
     """
     edges, mat = pol.utility.outcomes(x, k)
-    rest, rows, reserve = pol._window(chosen[1:])
+    rest, reserve = pol._window(chosen[1:])
     mandatory = _block(pol, chosen[1:])
     keys = [pol._key(t) for t in rest]
     rest_opts = pol._cached_options(keys, rest)
@@ -196,83 +197,24 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
             acc += pol.times.plan(d)
         times.append(acc)
     rew = x.weight * mat[:, depths]                       # outcomes x options
-    m = len(depths)
-    deadline = x.deadline
-    # The fast path of plan_depths (every task at its best depth fits) per outcome.
-    rest_best, clock, latest = [], 0.0, INF
-    for o in rest_opts:
-        r = o.rewards
-        i = max(range(len(r)), key=r.__getitem__)
-        rest_best.append(i)
-        clock += o.times[i]
-        if o.times[i] > 0:
-            latest = min(latest, o.deadline - clock)
-    latest = min(latest, reserve - clock)
-    best_i = rew.argmax(axis=1)
-    # The DP per option: one query of the cached suffix tables, shared by all outcomes.
-    after = rows[0].latest_start if rows else np.array([reserve])
-    level = np.full(m, -1, dtype=np.int64)
-    for o in range(m):
-        end = start + times[o]
-        if times[o] > 0 and end > deadline + EPS:
-            continue
-        level[o] = best_level(after, end)
-    feasible = level >= 0
-    if feasible.any():
-        q = np.rint(rew / pol.quantum).astype(np.int64)
-        total = np.where(feasible[None, :], q + level[None, :], np.iinfo(np.int64).min)
-        dp_o = total.argmax(axis=1)
-    else:
-        dp_o = None          # plan_depths' fallback: everyone at least depth
-    rl = rew.tolist()                     # Python floats: cheap to index in loops
-    bi = best_i.tolist()
-    do = dp_o.tolist() if dp_o is not None else None
-    groups: Dict[tuple, List[int]] = {}
-    for b in range(len(rl)):
-        i = bi[b]
-        c = times[i]
-        if (c <= 0 or start + c <= deadline) and start + c <= latest:
-            key = ('fast', i)
-        elif do is None:
-            key = ('none', 0)
-        else:
-            key = ('dp', do[b])
-        groups.setdefault(key, []).append(b)
-    out: List[Optional[Targets]] = [None] * len(rl)
+    picked, _ = plan_window(start, reserve, pol.quantum, x.deadline,
+                            np.asarray(times, dtype=float), np.ascontiguousarray(rew),
+                            *pack(rest_opts, n))
     order = [x] + rest
-    quantum = pol.quantum
-    for (path, o), bins in groups.items():
-        if path == 'fast':
-            picked = [o] + rest_best
-        elif path == 'dp':
-            picked = [o] + (backtrack(rows, int(level[o])) if rows else [])
-        else:
-            picked = [0] * (1 + len(rest))
-        front = TaskOptions(depths, rl[bins[0]], times, deadline)
-        finish, suffix = pol._slack_table(start, [front] + rest_opts, picked, reserve)
-        room0 = min(suffix[1], deadline - finish[0])
-        by_final: Dict[int, List[int]] = {}
-        for b in bins:
-            r = rl[b]
-            i, room = picked[0], room0
-            while i + 1 < m:
-                extra = times[i + 1] - times[i]
-                if r[i + 1] < r[i] - quantum or extra > room:
-                    break
-                i += 1
-                room -= extra
-            by_final.setdefault(i, []).append(b)
-        for final, bs in by_final.items():
-            p = list(picked)
-            front = TaskOptions(depths, rl[bs[0]], times, deadline)
-            pol._deepen([front] + rest_opts, p, finish, suffix)
+    out: List[Optional[Targets]] = []
+    made: Dict[tuple, Targets] = {}
+    for p in picked.tolist():
+        key = tuple(p)
+        tg = made.get(key)
+        if tg is None:
             depth = {x.task_id: depths[p[0]]}
             for t, opt, i in zip(rest, rest_opts, p[1:]):
                 depth[t.task_id] = opt.depths[i]
-            tg = _targets(depth, order, mandatory)
-            for b in bs:
-                out[b] = tg
-    go_on = k < n and (len(feasible) < 2 or bool(feasible[1]))
+            tg = made[key] = _targets(depth, order, mandatory)
+        out.append(tg)
+    # Whether x's next stage fits its deadline at all (then a plan that stops x there is
+    # the DP's preference, recorded in the decision table).
+    go_on = k < n and start + pol.times.plan(k + 1) <= x.deadline + EPS
     return Entry(x.task_id, k, edges, out, go_on)
 
 
@@ -354,7 +296,7 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
     return plan
 
 
-AUTO_RATIO = 1.0    # plan off the critical path when a decision costs this much of a stage
+AUTO_RATIO = 0.25   # plan off the critical path when a decision costs this much of a stage
 
 
 def inline_cost(profile, clock=time.perf_counter, tasks: int = 12, runs: int = 40) -> float:

@@ -7,9 +7,10 @@ reason). ``anytime`` policies also have results published at a task's deadline f
 deepest completed exit; the plain-detector baselines publish only at their fixed depth.
 """
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from anytime_infer.scheduler.dp import build_rows, choose_front, INF, Row, TaskOptions
+from anytime_infer.scheduler.dp import INF, TaskOptions
+from anytime_infer.scheduler.dpkernel import pack, plan_window
 from anytime_infer.scheduler.planner import ContingentPlan, prepare as prepare_plan
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, QUEUE_FULL, Task
@@ -143,8 +144,8 @@ class ImpreciseDP(Policy):
     stages (with slack, prefer depth); the same stage of several tasks may be batched when
     calibration says batching is cheaper and every deadline still holds; only the
     ``horizon`` earliest deadlines are planned exactly (a queue of thousands stays bounded
-    in time). The DP's suffix tables are kept between decisions (see ``dp``), so a stage
-    completion of the front task costs one table lookup, not a new DP.
+    in time). The DP runs compiled (``dpkernel``: one call of a few microseconds per plan);
+    ``dp`` is its numpy reference.
     """
 
     name = 'imprecise_dp'
@@ -163,9 +164,6 @@ class ImpreciseDP(Policy):
         self.horizon = horizon
         self.batching = batching
         self.max_batch = max_batch
-        self._win_keys: List[tuple] = []
-        self._win_rows: List[Row] = []
-        self._win_reserve = INF
         self._opt_cache: Dict[tuple, TaskOptions] = {}
         self._decision_s = 0.0          # this policy's own time per decision (s)
         self._recent: List[float] = []
@@ -213,42 +211,19 @@ class ImpreciseDP(Policy):
                 reserve = min(reserve, t.deadline - need)
         return reserve
 
-    def _window(self, rest_all: List[Task]):
+    def _window(self, rest_all: List[Task]) -> Tuple[List[Task], float]:
         """
-        Tasks after the front that the DP plans exactly, their suffix tables and the base.
+        Tasks after the front that the DP plans exactly, and the reserve behind them.
 
-        The window is the ``horizon`` earliest deadlines after the front; the mandatory
+        The window is the ``horizon`` - 1 earliest deadlines after the front; the mandatory
         stages of the tasks after it are reserved behind it (``reserve``: the latest time
-        that block may start), so no plan starves them. Suffix tables stay valid while the
-        window's tasks are unchanged, so the window is kept (shrinking from the front as
-        tasks are published) and rebuilt only when a task in it changed, a task arrived
-        ahead of it, it fell below half the horizon, or the reserve behind it tightened.
+        that block may start), so no plan starves them.
         """
-        p1 = self.times.plan(1)
-        keys = self._win_keys
-        n_cached = len(keys)
-        for j in range(n_cached):
-            m = n_cached - j
-            if m < max(1, self.horizon // 2) or m > len(rest_all):
-                break
-            if all(self._key(t) == k for t, k in zip(rest_all[:m], keys[j:])):
-                reserve = self._reserve(rest_all[m:], p1)
-                if reserve >= rest_all[m - 1].deadline:
-                    reserve = INF
-                if reserve >= self._win_reserve:
-                    self._win_keys, self._win_rows = keys[j:], self._win_rows[j:]
-                    return rest_all[:m], self._win_rows, self._win_reserve
-                break
         window = rest_all[:self.horizon - 1]
-        reserve = self._reserve(rest_all[len(window):], p1)
+        reserve = self._reserve(rest_all[len(window):], self.times.plan(1))
         if window and reserve >= window[-1].deadline:
             reserve = INF    # nothing after the window can constrain it
-        wkeys = [self._key(t) for t in window]
-        opts = self._cached_options(wkeys, window)
-        rows = build_rows(opts, self.quantum, base=np.array([reserve]))
-        self._win_keys = wkeys
-        self._win_rows, self._win_reserve = rows, reserve
-        return window, rows, reserve
+        return window, reserve
 
     def _prelude(self, start: float, tasks: Sequence[Task]):
         """
@@ -302,97 +277,28 @@ class ImpreciseDP(Policy):
         """
         Run the DP over the front task and its window (``chosen``: EDF, none shed).
 
-        Returns (depth per planned task id, window tasks after the front, the latest
-        start of the mandatory block reserved behind the window).
+        Every task at its best-reward depth if that plan meets every deadline (then it is
+        the DP's optimum too), else the exact DP; then slack left is spent on deeper
+        stages in EDF order (with slack, prefer depth). One compiled call
+        (``dpkernel.plan_window``). Returns (depth per planned task id, window tasks after
+        the front, the latest start of the mandatory block reserved behind the window).
         """
         front, rest_all = chosen[0], chosen[1:]
-        rest, rows, reserve = self._window(rest_all)
+        rest, reserve = self._window(rest_all)
         chosen = [front] + rest
         keys = [self._key(t) for t in chosen]
         opts = self._cached_options(keys, chosen)
         # Keep only what is planned now (bounded memory).
         self._opt_cache = dict(zip(keys, opts))
-        picked = self._fast_full_depth(start, opts, reserve)
-        if picked is None:
-            try:
-                o, tail = choose_front(start, opts[0], rows, self.quantum,
-                                       np.array([reserve]))
-            except ValueError:
-                # The others cannot all make it even at their least depth (stage
-                # times ran over the plan): everyone at least depth now; the tasks
-                # that no longer fit are shed as infeasible at the next decisions.
-                self._win_keys, self._win_rows = [], []
-                o, tail = 0, [0] * len(rows)
-            picked = [o] + tail
-        self._fill_slack(start, opts, picked, reserve)
-        depth = {t.task_id: o.depths[i] for t, o, i in zip(chosen, opts, picked)}
+        f = opts[0]
+        picked, slack = plan_window(start, reserve, self.quantum, f.deadline,
+                                    np.asarray(f.times, dtype=float),
+                                    np.asarray([f.rewards], dtype=float),
+                                    *pack(opts[1:], self.n))
+        self.min_slack = float(slack[0])
+        depth = {t.task_id: o.depths[i]
+                 for t, o, i in zip(chosen, opts, picked[0].tolist())}
         return depth, rest, reserve
-
-    @staticmethod
-    def _fast_full_depth(start: float, opts: List[TaskOptions],
-                         reserve: float = INF) -> Optional[List[int]]:
-        """
-        Put every task at its best-reward depth, if that plan meets every deadline.
-
-        Then it is the DP's optimum too (each task at its own maximum), found in O(n).
-        """
-        clock, picked = start, []
-        for o in opts:
-            r = o.rewards
-            i = max(range(len(r)), key=r.__getitem__)
-            t = o.times[i]
-            clock += t
-            if t > 0 and clock > o.deadline:
-                return None
-            picked.append(i)
-        return picked if clock <= reserve else None
-
-    def _fill_slack(self, start: float, opts: List[TaskOptions], picked: List[int],
-                    reserve: float = INF) -> None:
-        """One pass in EDF order: deepen while no deadline breaks (with slack, prefer depth)."""
-        finish, suffix = self._slack_table(start, opts, picked, reserve)
-        self._deepen(opts, picked, finish, suffix)
-
-    @staticmethod
-    def _slack_table(start: float, opts: List[TaskOptions], picked: List[int],
-                     reserve: float = INF):
-        """Finish time of every task and the least slack of each suffix (inf if none)."""
-        n = len(opts)
-        finish, clock = [], start
-        for o, i in zip(opts, picked):
-            clock += o.times[i]
-            finish.append(clock)
-        # suffix[j]: least slack of the tasks j..n-1 that have work (inf if none).
-        suffix = [INF] * (n + 1)
-        suffix[n] = reserve - finish[-1] if n else INF   # the reserved mandatory block
-        for j in range(n - 1, -1, -1):
-            o = opts[j]
-            own = o.deadline - finish[j] if o.times[picked[j]] > 0 else INF
-            suffix[j] = own if own < suffix[j + 1] else suffix[j + 1]
-        return finish, suffix
-
-    def _deepen(self, opts: List[TaskOptions], picked: List[int], finish: List[float],
-                suffix: List[float]) -> None:
-        """Deepen ``picked`` in place within the slack (see ``_slack_table``)."""
-        n = len(opts)
-        shift = 0.0
-        for j in range(n):
-            o = opts[j]
-            i = picked[j]
-            depths, rewards, times = o.depths, o.rewards, o.times
-            if i + 1 >= len(depths):
-                continue
-            room = min(suffix[j + 1], o.deadline - finish[j]) - shift
-            while i + 1 < len(depths):
-                extra = times[i + 1] - times[i]
-                # Deeper unless that is clearly worse (by more than the DP's quantum).
-                if rewards[i + 1] < rewards[i] - self.quantum or extra > room:
-                    break
-                i += 1
-                room -= extra
-                shift += extra
-            picked[j] = i
-        self.min_slack = suffix[0] - shift if n else INF
 
     def prepare(self, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
                 seq: int = 0) -> ContingentPlan:

@@ -1,0 +1,91 @@
+"""The compiled DP (``dpkernel``) against enumeration and the numpy suffix tables."""
+from anytime_infer.scheduler import dp
+from anytime_infer.scheduler.dpkernel import pack, plan_window
+import numpy as np
+import pytest
+
+INF = float('inf')
+
+
+def _instance(rng, n, levels=4):
+    """Random tasks in EDF order, each feasible alone at time 0."""
+    tasks, deadline = [], 0.0
+    for _ in range(n):
+        done = int(rng.integers(0, 3))
+        depths = list(range(max(done, 1), levels + 1))
+        times, acc = [], 0.0
+        for d in depths:
+            if d > done:
+                acc += float(rng.uniform(0.5, 1.5))
+            times.append(acc)
+        rewards = rng.uniform(0.3, 1.0, len(depths))
+        if rng.random() < 0.7:
+            rewards = np.sort(rewards)
+        deadline += float(rng.uniform(0.5, 3.0))
+        deadline = max(deadline, times[0])
+        tasks.append(dp.TaskOptions(depths, rewards.tolist(), times, deadline))
+    return tasks
+
+
+def _plan(tasks, now=0.0, reserve=INF, rows=None, deepen=False):
+    f = tasks[0]
+    rows = np.array([f.rewards] if rows is None else rows, dtype=float)
+    return plan_window(now, reserve, 0.01, f.deadline, np.array(f.times, dtype=float), rows,
+                       *pack(tasks[1:], 4), deepen)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_the_kernels_plan_is_optimal_and_feasible(seed):
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for _ in range(150):
+        tasks = _instance(rng, int(rng.integers(1, 6)))
+        best = dp.brute_force(0.0, tasks)
+        if best < 0:
+            continue
+        picked = _plan(tasks)[0][0].tolist()
+        assert dp.is_feasible(0.0, tasks, picked)
+        assert dp.total_reward(tasks, picked) == best
+        checked += 1
+    assert checked > 100
+
+
+def test_the_kernels_tables_are_the_numpy_tables():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        tasks = _instance(rng, 5)
+        if dp.brute_force(0.0, tasks) < 0:
+            continue
+        rows = dp.build_rows(tasks[1:], 0.01)
+        o, tail = dp.choose_front(0.0, tasks[0], rows, 0.01)
+        picked = _plan(tasks)[0][0].tolist()
+        fast = [int(np.argmax(t.rewards)) for t in tasks]
+        # Where every task at its best depth fits, both are that plan (the fast path).
+        assert picked == [o] + tail or (picked == fast and dp.is_feasible(0.0, tasks, fast))
+
+
+def test_every_row_of_front_rewards_is_planned_as_if_alone():
+    rng = np.random.default_rng(3)
+    tasks = _instance(rng, 6)
+    rows = rng.uniform(0.2, 1.0, (9, len(tasks[0].rewards)))
+    together = _plan(tasks, rows=rows, deepen=True)[0]
+    for b in range(len(rows)):
+        alone = _plan(tasks, rows=rows[b:b + 1], deepen=True)[0][0]
+        assert together[b].tolist() == alone.tolist()
+
+
+def test_deepening_uses_slack_and_never_breaks_a_deadline():
+    # One task alone with a far deadline and flat rewards: the DP may stop at depth 1; the
+    # slack pass takes it to full depth (with slack, prefer depth).
+    t = dp.TaskOptions([1, 2, 3, 4], [0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0], 10.0)
+    assert _plan([t], deepen=True)[0][0].tolist() == [3]
+    tight = dp.TaskOptions([1, 2, 3, 4], [0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0], 2.5)
+    assert _plan([tight], deepen=True)[0][0].tolist() == [1]
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        tasks = _instance(rng, int(rng.integers(1, 6)))
+        if dp.brute_force(0.0, tasks) < 0:
+            continue
+        picked, _ = _plan(tasks, deepen=True)
+        assert dp.is_feasible(0.0, tasks, picked[0].tolist())
+        assert all(p >= q for p, q in zip(picked[0], _plan(tasks)[0][0]))   # only deeper
