@@ -8,6 +8,11 @@ arrival and stage boundary the worker asks the policy what to do, runs the chose
 CPU) to keep the latency estimates current, and hands every finished frame to a callback
 with exactly one outcome: on time, late, or dropped with a reason.
 
+Off the worker's path: with a contingent policy in ``planner='thread'`` mode a planner
+thread makes the DP's plans while a stage runs and the worker only looks them up at the
+boundary (``scheduler.planner``); outcomes are handed to a delivery thread that calls the
+callback (the node's ROS publish), and ``stop()`` delivers what is left before it returns.
+
 Faults (see README, "Faults and stalls"): a stage run that raises (out of memory included)
 or gives a non-finite exit output is counted as a failure of that stage; each of its tasks
 answers from its deepest finite exit, or is dropped with reason ``error``. After
@@ -20,7 +25,6 @@ from dataclasses import dataclass, field
 import heapq
 import itertools
 import logging
-import sys
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
@@ -60,11 +64,6 @@ GUARD_MAX_SHARE = 0.5
 # worker looks the plan up at the boundary), ``inline`` runs the DP at the boundary,
 # ``auto`` picks one from measured costs (``planner.choose_planner``).
 PLANNER_MODES = ('auto', 'thread', 'inline')
-# The interpreter's switch interval while an executor runs (s): a thread waiting for the
-# GIL asks the holder to drop it after this long. Python's 5 ms default let another thread
-# (the camera callbacks, the planner, outcome delivery) keep the worker waiting for the GIL
-# for up to 5 ms after a stage whose kernels released it; stages here last 0.1-1 ms.
-SWITCH_INTERVAL_S = 0.0005
 log = logging.getLogger('anytime_infer.executor')
 
 
@@ -273,7 +272,6 @@ class Executor:
         self._delivering = False
         self._deliverer: Optional[threading.Thread] = None
         self._queue_from: frozenset = frozenset()   # thread idents whose outcomes queue
-        self._switch_saved: Optional[float] = None
         # Per cycle, the worker's time in the exit post-processing and in publishing.
         self._t_exit = 0.0
         self._t_emit = 0.0
@@ -323,9 +321,6 @@ class Executor:
                 self._closed = False
                 self._generation += 1
                 gen = self._generation
-        if self._switch_saved is None:
-            self._switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_saved, SWITCH_INTERVAL_S))
         with self._out_cond:
             self._delivering = True
         if self._deliverer is None or not self._deliverer.is_alive():
@@ -623,9 +618,6 @@ class Executor:
             log.warning('worker still inside a stage after the stop timeout; its tasks end '
                         'now as shutdown')
         self._thread = self._watcher = self._planner = None
-        if self._switch_saved is not None:
-            sys.setswitchinterval(self._switch_saved)
-            self._switch_saved = None
 
     def _drain(self, end: float) -> None:
         """Stop the delivery thread and deliver every outcome still queued, here."""
