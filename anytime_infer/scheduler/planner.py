@@ -370,6 +370,11 @@ def heap_smallest(heap: List[tuple], k: int) -> List[tuple]:
     return out
 
 
+def _smallest(heap: List[tuple], k: int) -> List[tuple]:
+    """Return the k smallest items of a heap in order (a C sort while the heap is small)."""
+    return sorted(heap)[:k] if len(heap) <= 64 else heap_smallest(heap, k)
+
+
 # -- the link between worker and planner ------------------------------------------------------
 @dataclass
 class BoundaryStats:
@@ -424,6 +429,7 @@ class OffPathPlanner:
         self._table: Dict[int, Tuple[Optional[Sequence[float]], Dict[int, bool]]] = {}
         self._confs: Dict[Tuple[int, int], float] = {}    # (task, exit) -> confidence
         self.follow_stale = False
+        self._stale = False          # the adopted plan's targets are not looked up yet
 
     # -- worker side ------------------------------------------------------------------------
     @property
@@ -433,6 +439,9 @@ class OffPathPlanner:
 
     def arrived(self, task: Task) -> None:
         """Post that a task was admitted (before the next stage starts)."""
+        self._arrive(task, self.policy.times.plan(1))
+
+    def _arrive(self, task: Task, p1: float) -> None:
         done = task.stages_done
         self._events.append(('a', task, done, tuple(task.confidences) if done else ()))
         key = (task.deadline, task.task_id)
@@ -441,9 +450,9 @@ class OffPathPlanner:
             heapq.heappush(self._mand, key)
             self._latest = None
         self._arrivals.append((self._seq, task.deadline))
-        self._note_new(task.deadline)
+        self._note_new(task.deadline, p1)
 
-    def _note_new(self, deadline: float) -> None:
+    def _note_new(self, deadline: float, p1: float) -> None:
         """Fold one frame the adopted plan did not see into the reserve terms (O(1))."""
         self._new_n += 1
         if deadline < self._new_last:
@@ -453,7 +462,7 @@ class OffPathPlanner:
             self._new_min = deadline
         # In deadline order, the i-th new mandatory stage must end by its deadline:
         # latest start of the new ones behind the planned block = min(dl_i - i p1).
-        term = deadline - self._new_n * self.policy.times.plan(1)
+        term = deadline - self._new_n * p1
         if term < self._new_term:
             self._new_term = term
 
@@ -496,20 +505,34 @@ class OffPathPlanner:
         ev = self._events
         for tid in gone:
             ev.append(('r', tid))
+        # stage_done and arrived, inlined: this is the worker's whole boundary.
+        confs = self._confs
         for tid in ended:
             t = tasks.get(tid)
             if t is not None:
-                self.stage_done(tid, t.stages_done, t.confidences[-1])
-        for t in admitted:
-            self.arrived(t)
+                k, c = t.stages_done, t.confidences[-1]
+                ev.append(('s', tid, k, c))
+                confs[(tid, k)] = c
+                if k == 1:
+                    self._latest = None
+        if len(confs) > 512:
+            for key in list(confs)[:256]:
+                del confs[key]
+        if admitted:
+            p1 = self.policy.times.plan(1)
+            for t in admitted:
+                self._arrive(t, p1)
         d = self.decide(now, tasks, ended)
         for tid, _ in d.drop:
             ev.append(('r', tid))
         for tid in d.finish:
             ev.append(('r', tid))
         if d.run:
-            t = tasks.get(d.run[0])
-            self.stage_start(now, d.run, t.stages_done + 1)
+            self._seq += 1
+            ev.append(('start', self._seq, now, tuple(d.run), tasks[d.run[0]].stages_done + 1))
+            if self._waiting:
+                with self._posted:
+                    self._posted.notify()
         return d
 
     def decide(self, now: float, tasks: Mapping[int, Task],
@@ -526,8 +549,7 @@ class OffPathPlanner:
         plan = self.ready
         exact = False
         if plan is not self._plan:
-            self._adopt(plan, tasks)
-            plan = self._plan
+            self._adopt(plan)
         if plan is not None and ended:
             t = tasks.get(ended[0])
             if t is not None:
@@ -536,7 +558,10 @@ class OffPathPlanner:
                     tg = e.row(t.confidences[-1])
                     if tg is not None:
                         self._targets = tg
+                        self._stale = False
                         exact = True
+        if self._stale:
+            self._stale_targets()
         d = Decision()
         p1 = pol.times.plan(1)
         # Mandatory stages that can no longer finish even alone are dropped.
@@ -588,7 +613,7 @@ class OffPathPlanner:
         """
         self.policy._note_decision_time(seconds)
 
-    def _adopt(self, plan: Optional[ContingentPlan], tasks: Mapping[int, Task]) -> None:
+    def _adopt(self, plan: Optional[ContingentPlan]) -> None:
         self._plan = plan
         if plan is None:
             return
@@ -598,13 +623,19 @@ class OffPathPlanner:
             arr.popleft()
         self._new_n, self._new_min, self._new_last = 0, INF, -INF
         self._new_sorted, self._new_term = True, INF
-        for _, dl in arr:
-            self._note_new(dl)
+        if arr:
+            p1 = self.policy.times.plan(1)
+            for _, dl in arr:
+                self._note_new(dl, p1)
         self._targets = None
+        self._stale = True        # its targets are found when the exact lookup misses
         if plan.merged is not None:
             self._table = plan.merged
-        # The newest entry whose exit has run (its confidence is known).
-        for (tid, done), e in plan.entries.items():
+
+    def _stale_targets(self) -> None:
+        """Targets of the adopted plan: its newest entry whose exit has run."""
+        self._stale = False
+        for (tid, done), e in self._plan.entries.items():
             if tid < 0:
                 self._targets = e.rows[0]
                 continue
@@ -629,7 +660,7 @@ class OffPathPlanner:
         """Other mandatory stages batched with ``first`` (as the lazy DP batches them)."""
         pol = self.policy
         cands = []
-        for dl, tid in heap_smallest(self._mand, pol.max_batch):
+        for dl, tid in _smallest(self._mand, pol.max_batch):
             t = tasks.get(tid)
             if t is not None and t is not first and not t.stages_done:
                 cands.append(t)
@@ -800,7 +831,7 @@ class OffPathPlanner:
             return self._latest
         p1 = self.policy.times.plan(1)
         latest, need = INF, 0.0
-        for dl, tid in heap_smallest(self._mand, scan):
+        for dl, tid in _smallest(self._mand, scan):
             t = tasks.get(tid)
             if t is not None and not t.stages_done:
                 need += p1
