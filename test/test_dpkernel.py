@@ -86,6 +86,6 @@ def test_deepening_uses_slack_and_never_breaks_a_deadline():
         tasks = _instance(rng, int(rng.integers(1, 6)))
         if dp.brute_force(0.0, tasks) < 0:
             continue
-        picked, _ = _plan(tasks, deepen=True)
+        picked = _plan(tasks, deepen=True)[0]
         assert dp.is_feasible(0.0, tasks, picked[0].tolist())
         assert all(p >= q for p, q in zip(picked[0], _plan(tasks)[0][0]))   # only deeper

@@ -103,13 +103,15 @@ def _best_level(S: np.ndarray, row: int, size: int, start: float) -> int:
 def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
                 f_times: np.ndarray, f_rewards: np.ndarray, deadlines: np.ndarray,
                 times: np.ndarray, rewards: np.ndarray, nopt: np.ndarray,
-                deepen: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                deepen: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
-    Plan the window for every row of front rewards; return (picked, min slack).
+    Plan the window for every row of front rewards; return (picked, min slack, levels).
 
     ``picked[b]``: the option of the front (index 0) and of each task after it when the
     front's rewards are ``f_rewards[b]``; ``min_slack[b]``: the least slack left after the
-    deepening pass (what batching may use). ``deepen=False`` returns the DP's own plan.
+    deepening pass (what batching may use); ``levels[o]``: the best reward level of the
+    rest after front option o, -1 where no plan with it meets every deadline.
+    ``deepen=False`` returns the DP's own plan.
     """
     n = len(deadlines)
     nb, m0 = f_rewards.shape
@@ -214,7 +216,7 @@ def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
                 shift += extra
             picked[b, j] = k
         slack_out[b] = suffix[0] - shift
-    return picked, slack_out
+    return picked, slack_out, level
 
 
 def pack(opts: Sequence, width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -197,7 +197,7 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
             acc += pol.times.plan(d)
         times.append(acc)
     rew = x.weight * mat[:, depths]                       # outcomes x options
-    picked, _ = plan_window(start, reserve, pol.quantum, x.deadline,
+    picked, _, level = plan_window(start, reserve, pol.quantum, x.deadline,
                             np.asarray(times, dtype=float), np.ascontiguousarray(rew),
                             *pack(rest_opts, n))
     order = [x] + rest
@@ -212,9 +212,9 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
                 depth[t.task_id] = opt.depths[i]
             tg = made[key] = _targets(depth, order, mandatory)
         out.append(tg)
-    # Whether x's next stage fits its deadline at all (then a plan that stops x there is
-    # the DP's preference, recorded in the decision table).
-    go_on = k < n and start + pol.times.plan(k + 1) <= x.deadline + EPS
+    # Whether x's next stage could be planned at all (its deadline and the others' allow
+    # it): then a plan that stops x there is the DP's preference (the decision table).
+    go_on = k < n and (len(level) < 2 or bool(level[1] >= 0))
     return Entry(x.task_id, k, edges, out, go_on)
 
 

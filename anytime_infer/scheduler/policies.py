@@ -291,7 +291,7 @@ class ImpreciseDP(Policy):
         # Keep only what is planned now (bounded memory).
         self._opt_cache = dict(zip(keys, opts))
         f = opts[0]
-        picked, slack = plan_window(start, reserve, self.quantum, f.deadline,
+        picked, slack, _ = plan_window(start, reserve, self.quantum, f.deadline,
                                     np.asarray(f.times, dtype=float),
                                     np.asarray([f.rewards], dtype=float),
                                     *pack(opts[1:], self.n))
