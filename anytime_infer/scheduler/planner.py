@@ -198,8 +198,8 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
         times.append(acc)
     rew = x.weight * mat[:, depths]                       # outcomes x options
     picked, _, level = plan_window(start, reserve, pol.quantum, x.deadline,
-                            np.asarray(times, dtype=float), np.ascontiguousarray(rew),
-                            *pack(rest_opts, n))
+                                   np.asarray(times, dtype=float), np.ascontiguousarray(rew),
+                                   *pack(rest_opts, n))
     order = [x] + rest
     out: List[Optional[Targets]] = []
     made: Dict[tuple, Targets] = {}

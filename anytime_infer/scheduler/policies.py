@@ -292,9 +292,9 @@ class ImpreciseDP(Policy):
         self._opt_cache = dict(zip(keys, opts))
         f = opts[0]
         picked, slack, _ = plan_window(start, reserve, self.quantum, f.deadline,
-                                    np.asarray(f.times, dtype=float),
-                                    np.asarray([f.rewards], dtype=float),
-                                    *pack(opts[1:], self.n))
+                                       np.asarray(f.times, dtype=float),
+                                       np.asarray([f.rewards], dtype=float),
+                                       *pack(opts[1:], self.n))
         self.min_slack = float(slack[0])
         depth = {t.task_id: o.depths[i]
                  for t, o, i in zip(chosen, opts, picked[0].tolist())}
