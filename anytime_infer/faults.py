@@ -260,8 +260,9 @@ def _overhead_run(images, load: float, deadline_s: float, log) -> Dict:
     log(f'{load:.1f}x ({rate:.0f} Hz, 2 cameras) | on time {w["on_time"]:.3f} depth '
         f'{w["depth"]:.2f} | overhead per stage p50 {st["overhead_ms_p50"]:.3f} ms, share '
         f'of busy time {st["overhead_share"]:.3f} (CPU time {st["overhead_cpu_share"]:.3f}):'
-        f' admit {st["admit_share"]:.3f}, decide {st["decide_share"]:.3f}, dispatch '
-        f'{st["dispatch_share"]:.3f}')
+        f' admit {st["admit_share"]:.3f}, decide {st["decide_share"]:.3f}, exit '
+        f'{st["exit_share"]:.3f}, publish {st["publish_share"]:.3f}, dispatch '
+        f'{st["dispatch_share"]:.3f} (planner {st["planner"]})')
     return {'load': load, 'rate_hz': rate, 'window': w, 'stats': st}
 
 
