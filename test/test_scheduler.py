@@ -209,3 +209,12 @@ def test_stage_times_adapt_to_measurements():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match='unknown policy'):
         make_policy('fastest', synthetic_profile())
+
+
+def test_stage_time_percentiles_are_numpys():
+    from anytime_infer.scheduler.timing import _pct
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 8, 63, 64):
+        values = sorted(rng.random(n).tolist())
+        for q in (50.0, 95.0, 99.0):
+            assert _pct(values, q) == pytest.approx(float(np.percentile(values, q)), abs=1e-12)

@@ -15,7 +15,6 @@ import math
 from typing import Deque, Dict, List, Optional, Tuple
 
 from anytime_infer.scheduler.profiles import ModelProfile
-import numpy as np
 
 MIN_SAMPLES = 8          # own measurements a (stage, batch) needs for its own scale
 MIN_SCALE = 0.5          # never plan below half the calibrated time
@@ -137,7 +136,7 @@ class StageTimes:
     def _refresh(self, keys: List[Tuple[int, int]]) -> None:
         """Recompute the device-wide scale and the own scale of ``keys``."""
         changed = False
-        dev = max(MIN_SCALE, float(np.median([v for _, v in self._ratios]))) \
+        dev = max(MIN_SCALE, _pct(sorted(v for _, v in self._ratios), 50.0)) \
             if self._ratios else 1.0
         if abs(dev - self._device_scale) > DRIFT:
             self._device_scale = dev
@@ -147,11 +146,11 @@ class StageTimes:
             if len(q) >= MIN_SAMPLES:
                 p50_cal, pct_cal = self._calibrated(*key)
                 runs = sorted(s for _, s in q)
-                med = np.percentile(runs, 50)
+                med = _pct(runs, 50.0)
                 # The largest run is left out of the tail: among 8-64 runs a p99 would be
                 # that one run, and one preemption or GC pause is not a percentile (it
                 # planned every stage past the deadline on a busy machine); two are.
-                tail = np.percentile(runs[:-1], self.percentile)
+                tail = _pct(runs[:-1], self.percentile)
                 # Plan for the slower of: calibration scaled by the measured slowdown, and
                 # the measured percentile itself (a busy machine has longer tails, not
                 # only a slower median).
@@ -181,3 +180,11 @@ class StageTimes:
     def remaining(self, stage_from: int, stage_to: int) -> float:
         """Planned time (s) to run stages stage_from+1 .. stage_to (batch 1)."""
         return sum(self.plan(k) for k in range(stage_from + 1, stage_to + 1))
+
+
+def _pct(ordered: List[float], q: float) -> float:
+    """Percentile ``q`` of sorted values, linear as numpy's default (a few us less per call)."""
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
