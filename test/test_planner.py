@@ -113,9 +113,8 @@ def test_the_planner_reads_only_what_was_posted_before_the_stage_started():
     link.arrived(Task(99, 0, 0.0, 0.01, 4))
     plan = link.plan(seq)
     assert plan is not None and 99 not in link._mirror
-    assert len(link._mirror[0].confidences) == tasks[0].stages_done
-    # The worker's own task objects are never the planner's.
-    assert all(link._mirror[t.task_id] is not t for t in tasks)
+    assert len(link._mirror.task(0).confidences) == tasks[0].stages_done
+    assert link._mirror.task(0).stages_done == tasks[0].stages_done
 
 
 def test_a_planner_thread_hands_plans_to_the_worker():
@@ -235,3 +234,38 @@ def test_the_planner_mode_follows_the_measured_cost_of_a_decision():
     slow = choose_planner(synthetic_profile(stage_ms=(50.0, 50.0, 50.0, 50.0)))
     assert fast[0] == 'thread' and fast[1] > 1.0
     assert slow[0] == 'inline' and slow[1] < 0.5
+
+
+@pytest.mark.parametrize('flat', [False, True])
+def test_the_compiled_planner_makes_the_same_plan_as_the_reference(flat):
+    from anytime_infer.scheduler.planner import Mirror, prepare, prepare_arrays
+    prof = synthetic_profile()
+    modes = set()
+    for seed in range(60):
+        rng = np.random.default_rng(1000 + seed)
+        tasks = _tasks(rng, int(rng.integers(1, 14)), front_done=int(rng.integers(0, 3)))
+        for t in tasks:
+            t.weight = float(rng.choice([1.0, 0.5, 2.0]))
+        pol = ImpreciseDP(prof, StageTimes(prof), flat=flat)
+        mirror = Mirror(capacity=4)          # grows as tasks come
+        for t in tasks:
+            mirror.add(t, t.stages_done, t.confidences)
+        # Idle; the front's stage; a later task's stage (it is not the front after it);
+        # a batch of two at the same stage.
+        kind = seed % 4
+        pick = [[], tasks[:1], tasks[-1:], [t for t in tasks if t.stages_done == 1][:2]][kind]
+        running = [t.task_id for t in pick if t.stages_done < 4]
+        stage = pick[0].stages_done + 1 if running else 0
+        now = float(rng.uniform(0, 0.001))
+        ref = prepare(pol, now, [mirror.task(i) for i in mirror.slot], running, stage)
+        got = prepare_arrays(ImpreciseDP(prof, StageTimes(prof), flat=flat), now, mirror,
+                             running, stage)
+        assert got.first == ref.first
+        (key, e_ref), = ref.entries.items()
+        e_got = got.entries[key]
+        assert e_got.edges == e_ref.edges and e_got.could_go_on == e_ref.could_go_on
+        assert [(r.order, r.want, r.reserve, r.block, r.last) for r in e_got.rows] == \
+            [(r.order, r.want, r.reserve, r.block, r.last) for r in e_ref.rows]
+        assert got.table == ref.table
+        modes.add((key[0] < 0, e_ref.edges is None))
+    assert len(modes) >= (2 if flat else 3)

@@ -219,6 +219,174 @@ def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
     return picked, slack_out, level
 
 
+@njit(cache=True)
+def _edf(idx: np.ndarray, deadline: np.ndarray, arrival: np.ndarray,
+         tid: np.ndarray) -> None:
+    """Sort slot indices in place by (deadline, arrival, task id) (insertion sort)."""
+    for i in range(1, len(idx)):
+        v = idx[i]
+        j = i
+        while j > 0:
+            u = idx[j - 1]
+            if deadline[u] > deadline[v] or (deadline[u] == deadline[v] and (
+                    arrival[u] > arrival[v] or (arrival[u] == arrival[v] and tid[u] > tid[v]))):
+                idx[j] = u
+                j -= 1
+            else:
+                break
+        idx[j] = v
+
+
+@njit(cache=True)
+def _utility(k: int, conf: float, flat: bool, mean: np.ndarray, cond: np.ndarray,
+             edges: np.ndarray, nbins: np.ndarray, out: np.ndarray) -> None:
+    """Write the expected accuracy per depth (``Utility.expected``) into ``out``."""
+    n = len(mean)
+    out[0] = 0.0
+    if flat or k == 0 or not np.isfinite(conf):
+        for d in range(1, n + 1):
+            out[d] = mean[d - 1]
+        return
+    nb = nbins[k - 1]
+    b = np.searchsorted(edges[k - 1, :nb + 1], conf, side='right') - 1
+    b = min(max(b, 0), nb - 1)
+    for d in range(1, n + 1):
+        out[d] = cond[k - 1, b, d] if d >= k else mean[d - 1]
+
+
+@njit(cache=True)
+def _block(order: np.ndarray, lo: int, done: np.ndarray, deadline: np.ndarray,
+           p1: float) -> Tuple[float, int, float]:
+    """Latest start, count and last deadline of the mandatory stages of order[lo:]."""
+    reserve, need, cnt, last = INF, 0.0, 0, -INF
+    for j in range(lo, len(order)):
+        s = order[j]
+        if done[s] == 0:
+            need += p1
+            cnt += 1
+            if deadline[s] - need < reserve:
+                reserve = deadline[s] - need
+            last = deadline[s]
+    return reserve, cnt, last
+
+
+@njit(cache=True)
+def prepare_plan(start: float, alive: np.ndarray, deadline: np.ndarray,
+                 arrival: np.ndarray, tid: np.ndarray, done0: np.ndarray,
+                 conf0: np.ndarray, weight: np.ndarray, run: np.ndarray, stage: int,
+                 plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
+                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+    """
+    Make the contingent plan of ``planner.prepare`` from slot arrays, in one call.
+
+    ``alive``: the slots of the pending tasks; ``run``: the slots of the stage that
+    starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
+    the planned time of stage d. Returns (mode, order, depths, block reserve, block
+    count, block last deadline, go_on): mode 1 when the first running task is the front
+    after its stage (``depths`` has one row per confidence bin of its exit), 2 when not,
+    0 when idle (one row: the plan as the tasks are); ``order``: the slots planned, EDF.
+    """
+    n = len(mean)
+    p1 = plan_s[1]
+    done = done0.copy()
+    conf = conf0.copy()
+    x = -1
+    for j in range(len(run)):
+        done[run[j]] = stage
+        conf[run[j]] = np.nan        # batch mates: planned on mean accuracies
+    if len(run) > 0:
+        x = run[0]
+    # Prelude: mandatory stages that cannot end in time are shed, the rest in EDF order;
+    # mandatory stages that do not fit together are deferred.
+    live = np.empty(len(alive), dtype=np.int64)
+    m = 0
+    for s in alive:
+        if done[s] == 0 and start + p1 > deadline[s]:
+            continue
+        live[m] = s
+        m += 1
+    live = live[:m]
+    _edf(live, deadline, arrival, tid)
+    chosen = np.empty(m, dtype=np.int64)
+    c = 0
+    clock = start
+    for s in live:
+        if done[s] == 0:
+            if clock + p1 > deadline[s]:
+                continue
+            clock += p1
+        chosen[c] = s
+        c += 1
+    chosen = chosen[:c]
+    mode = 0
+    if x >= 0:
+        mode = 1 if c > 0 and chosen[0] == x else 2
+    if c == 0:
+        return mode, chosen, np.zeros((1, 0), dtype=np.int64), INF, 0, -INF, False
+    nw = min(c, horizon)
+    order = chosen[:nw]
+    # The mandatory stages after the window, reserved behind it.
+    reserve, _, _ = _block(chosen, nw, done, deadline, p1)
+    if nw > 1 and reserve >= deadline[order[nw - 1]]:
+        reserve = INF
+    u = np.zeros(n + 1)
+    times = np.zeros((max(nw - 1, 1), n))
+    rewards = np.zeros((max(nw - 1, 1), n))
+    nopt = np.zeros(max(nw - 1, 1), dtype=np.int64)
+    dls = np.zeros(max(nw - 1, 1))
+    for j in range(1, nw):
+        s = order[j]
+        k = done[s]
+        _utility(k, conf[s], flat, mean, cond, edges, nbins, u)
+        lo = max(k, 1)
+        acc = 0.0
+        for o in range(n - lo + 1):
+            d = lo + o
+            if d > k:
+                acc += plan_s[d]
+            times[j - 1, o] = acc
+            rewards[j - 1, o] = weight[s] * u[d]
+        nopt[j - 1] = n - lo + 1
+        dls[j - 1] = deadline[s]
+    if nw == 1:
+        times, rewards, nopt, dls = times[:0], rewards[:0], nopt[:0], dls[:0]
+    f = order[0]
+    k = done[f]
+    lo = max(k, 1)
+    m0 = n - lo + 1
+    f_times = np.zeros(m0)
+    acc = 0.0
+    for o in range(m0):
+        if lo + o > k:
+            acc += plan_s[lo + o]
+        f_times[o] = acc
+    if mode == 1:
+        nb = nbins[k - 1] if not flat else 1
+        f_rew = np.zeros((nb, m0))
+        for b in range(nb):
+            for o in range(m0):
+                d = lo + o
+                f_rew[b, o] = weight[f] * (mean[d - 1] if flat else cond[k - 1, b, d])
+    else:
+        _utility(k, conf[f], flat, mean, cond, edges, nbins, u)
+        f_rew = np.zeros((1, m0))
+        for o in range(m0):
+            f_rew[0, o] = weight[f] * u[lo + o]
+    picked, _, level = plan_window(start, reserve, quantum, deadline[f], f_times, f_rew,
+                                   dls, times, rewards, nopt, True)
+    depths = np.empty((picked.shape[0], nw), dtype=np.int64)
+    for b in range(picked.shape[0]):
+        depths[b, 0] = lo + picked[b, 0]
+        for j in range(1, nw):
+            depths[b, j] = max(done[order[j]], 1) + picked[b, j]
+    if mode == 1:
+        r, bn, last = _block(chosen, 1, done, deadline, p1)
+    else:
+        r, bn, last = _block(chosen, 0, done, deadline, p1)
+    go_on = k < n and (len(level) < 2 or level[1] >= 0)
+    return mode, order, depths, r, bn, last, go_on
+
+
 def pack(opts: Sequence, width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return padded arrays (deadlines, times, rewards, option counts) of ``dp.TaskOptions``."""
     n = len(opts)

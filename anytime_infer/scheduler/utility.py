@@ -47,6 +47,27 @@ class Utility:
             out[lvl] = cond[lvl - 1][b]
         return out
 
+    def tables(self):
+        """
+        Return the utility as arrays for compiled code (cached): mean, cond, edges, nbins.
+
+        ``cond[k - 1, b, d]``: expected accuracy at depth d >= k once exit k gave a
+        confidence in bin b; ``edges[k - 1, :nbins[k - 1] + 1]``: exit k's bin edges (the
+        rest +inf).
+        """
+        if getattr(self, '_tables', None) is None:
+            n = self.n
+            nb = [len(e) - 1 for e in self.edges]
+            width = max(nb) if nb else 1
+            cond = np.zeros((n, width, n + 1))
+            edges = np.full((n, width + 1), np.inf)
+            for k in range(1, n + 1):
+                edges[k - 1, :nb[k - 1] + 1] = self.edges[k - 1]
+                for lvl in range(k, n + 1):
+                    cond[k - 1, :nb[k - 1], lvl] = self.cond[k - 1][lvl - 1]
+            self._tables = (self.mean.copy(), cond, edges, np.array(nb, dtype=np.int64))
+        return self._tables
+
     def outcomes(self, task: Task, k: int):
         """
         Return the expected accuracy per depth for every outcome of exit ``k``.
