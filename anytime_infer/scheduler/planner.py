@@ -562,6 +562,11 @@ class OffPathPlanner:
         self.ready: Optional[ContingentPlan] = None
         # planner side
         self._mirror = Mirror()
+        # Whether batching can ever pay: some calibrated batch size runs a stage in less
+        # time than its tasks one by one (uncalibrated sizes scale linearly: never).
+        self._batch = bool(getattr(policy, 'batching', False)) and any(
+            policy.times.calibrated(k, b)[1] < b * policy.times.calibrated(k, 1)[1]
+            for k in range(1, policy.n + 1) for b in policy.profile.latency[k - 1] if b > 1)
         # The compiled planner where the policy's utility has arrays (not the oracle's).
         self.arrays = type(getattr(policy, 'utility', None)) is Utility and \
             getattr(policy, 'prepare', None) is not None
@@ -583,6 +588,7 @@ class OffPathPlanner:
         self._confs: Dict[Tuple[int, int], float] = {}    # (task, exit) -> confidence
         self.follow_stale = False
         self._stale = False          # the adopted plan's targets are not looked up yet
+        self._new_dirty = False      # the _new_* terms wait for a recount (plan adopted)
 
     # -- worker side ------------------------------------------------------------------------
     @property
@@ -603,7 +609,8 @@ class OffPathPlanner:
             heapq.heappush(self._mand, key)
             self._latest = None
         self._arrivals.append((self._seq, task.deadline))
-        self._note_new(task.deadline, p1)
+        if not self._new_dirty:
+            self._note_new(task.deadline, p1)
 
     def _note_new(self, deadline: float, p1: float) -> None:
         """Fold one frame the adopted plan did not see into the reserve terms (O(1))."""
@@ -740,9 +747,10 @@ class OffPathPlanner:
         elif front.stages_done == 0:
             # The DP runs the earliest-deadline task's mandatory stage whatever its plan.
             d.run = [front.task_id]
-            if pol.batching:
+            if self._batch:
                 d.run += self._mandatory_mates(now, p1, front, tasks)
-        elif (exact or self.follow_stale or not self._new_n) and self._targets is not None and \
+        elif (exact or self.follow_stale or not self._fresh_news()) and \
+                self._targets is not None and \
                 (ok := self._follow(now, self._targets, front, tasks, d)):
             if exact:
                 st.exact += 1
@@ -771,8 +779,20 @@ class OffPathPlanner:
         if plan is None:
             return
         self.stats.plans += 1
+        self._new_dirty = True    # the frames it did not see are counted when needed
+        self._targets = None
+        self._stale = True        # its targets are found when the exact lookup misses
+        if plan.merged is not None:
+            self._table = plan.merged
+
+    def _fresh_news(self) -> int:
+        """Fold the frames the adopted plan did not see into the reserve terms; count them."""
+        if not self._new_dirty:
+            return self._new_n
+        self._new_dirty = False
         arr = self._arrivals
-        while arr and arr[0][0] < plan.seq:
+        seq = self._plan.seq if self._plan is not None else 0
+        while arr and arr[0][0] < seq:
             arr.popleft()
         self._new_n, self._new_min, self._new_last = 0, INF, -INF
         self._new_sorted, self._new_term = True, INF
@@ -780,10 +800,7 @@ class OffPathPlanner:
             p1 = self.policy.times.plan(1)
             for _, dl in arr:
                 self._note_new(dl, p1)
-        self._targets = None
-        self._stale = True        # its targets are found when the exact lookup misses
-        if plan.merged is not None:
-            self._table = plan.merged
+        return self._new_n
 
     def _stale_targets(self) -> None:
         """Targets of the adopted plan: its newest entry whose exit has run."""
@@ -871,7 +888,7 @@ class OffPathPlanner:
             return False
         d.run = [front.task_id]
         d.planned_depth = want
-        if self.policy.batching:
+        if self._batch:
             runnable = [front] + [t for t in (tasks.get(i) for i in tg.order)
                                   if t is not None and t is not front and
                                   want[t.task_id] > t.stages_done]
@@ -889,7 +906,7 @@ class OffPathPlanner:
         appended behind it (the usual case: a camera's newest frame has its latest
         deadline); otherwise each one is counted ahead of every planned one.
         """
-        n = self._new_n
+        n = self._fresh_news()
         if not n:
             return tg.reserve
         p1 = self.policy.times.plan(1)
@@ -961,7 +978,7 @@ class OffPathPlanner:
         t = self._first_mandatory(tasks)
         if t is not None:
             d.run = [t.task_id]
-            if self.policy.batching:
+            if self._batch:
                 d.run += self._mandatory_mates(now, self.policy.times.plan(1), t, tasks)
             return
         while front is not None:
