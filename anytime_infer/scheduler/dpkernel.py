@@ -271,15 +271,14 @@ def _block(order: np.ndarray, lo: int, done: np.ndarray, deadline: np.ndarray,
 
 
 @njit(cache=True)
-def prepare_plan(start: float, alive: np.ndarray, deadline: np.ndarray,
-                 arrival: np.ndarray, tid: np.ndarray, done0: np.ndarray,
-                 conf0: np.ndarray, weight: np.ndarray, run: np.ndarray, stage: int,
+def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, stage: int,
                  plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
                  mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
     """
     Make the contingent plan of ``planner.prepare`` from slot arrays, in one call.
 
-    ``alive``: the slots of the pending tasks; ``run``: the slots of the stage that
+    ``f`` and ``i``: the planner's ``Mirror`` (per slot: deadline, arrival, weight, last
+    confidence; id, stages done, -, -, pending); ``run``: the slots of the stage that
     starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
     the planned time of stage d. Returns (mode, order, depths, block reserve, block
     count, block last deadline, go_on): mode 1 when the first running task is the front
@@ -288,14 +287,17 @@ def prepare_plan(start: float, alive: np.ndarray, deadline: np.ndarray,
     """
     n = len(mean)
     p1 = plan_s[1]
-    done = done0.copy()
-    conf = conf0.copy()
+    deadline, arrival, weight = f[0], f[1], f[2]
+    tid = i[0]
+    done = i[1].copy()
+    conf = f[3].copy()
     x = -1
     for j in range(len(run)):
         done[run[j]] = stage
         conf[run[j]] = np.nan        # batch mates: planned on mean accuracies
     if len(run) > 0:
         x = run[0]
+    alive = np.flatnonzero(i[4])
     # Prelude: mandatory stages that cannot end in time are shed, the rest in EDF order;
     # mandatory stages that do not fit together are deferred.
     live = np.empty(len(alive), dtype=np.int64)

@@ -301,27 +301,23 @@ class Mirror:
     """
     The planner's own copy of the pending tasks, in slot arrays (``prepare_arrays``).
 
-    Written by the planner only (from the events the worker posted); a task's slot is
-    reused once it is removed.
+    ``f[:, s]``: deadline, arrival, weight, last confidence (NaN before stage 1) and
+    stamp of the task in slot s; ``i[:, s]``: its id, stages done, number of stages,
+    stream and whether the slot holds a pending task (1) or is free (0). Written by the
+    planner only (from the events the worker posted); a slot is reused once its task is
+    removed.
     """
+
+    DEADLINE, ARRIVAL, WEIGHT, CONF, STAMP = range(5)
+    ID, DONE, STAGES, STREAM, ALIVE = range(5)
 
     def __init__(self, capacity: int = 64) -> None:
         self.slot: Dict[int, int] = {}
         self._free: List[int] = []
         self._confs: Dict[int, List[float]] = {}
         self.size = 0
-        self._alloc(capacity)
-
-    def _alloc(self, cap: int) -> None:
-        old = getattr(self, 'deadline', None)
-        fields = {'deadline': float, 'arrival': float, 'weight': float, 'conf': float,
-                  'stamp': float, 'tid': np.int64, 'done': np.int64, 'stages': np.int64,
-                  'stream': np.int64}
-        for name, kind in fields.items():
-            a = np.zeros(cap, dtype=kind)
-            if old is not None:
-                a[:self.size] = getattr(self, name)[:self.size]
-            setattr(self, name, a)
+        self.f = np.zeros((5, capacity))
+        self.i = np.zeros((5, capacity), dtype=np.int64)
 
     def add(self, t: Task, done: int, confs: Sequence[float]) -> None:
         """Take a task as posted (its fields that never change and its progress)."""
@@ -330,50 +326,61 @@ class Mirror:
         if self._free:
             s = self._free.pop()
         else:
-            if self.size == len(self.deadline):
-                self._alloc(2 * self.size)
+            if self.size == self.f.shape[1]:
+                self.f = np.concatenate((self.f, np.zeros_like(self.f)), axis=1)
+                self.i = np.concatenate((self.i, np.zeros_like(self.i)), axis=1)
             s = self.size
             self.size += 1
         self.slot[t.task_id] = s
-        self.deadline[s], self.arrival[s], self.weight[s] = t.deadline, t.arrival, t.weight
-        self.stamp[s], self.tid[s], self.stages[s], self.stream[s] = \
-            t.stamp, t.task_id, t.num_stages, t.stream
-        self.done[s] = done
-        self.conf[s] = confs[-1] if done and confs else math.nan
+        self.f[:, s] = (t.deadline, t.arrival, t.weight,
+                        confs[-1] if done and confs else math.nan, t.stamp)
+        self.i[:, s] = (t.task_id, done, t.num_stages, t.stream, 1)
         self._confs[t.task_id] = list(confs)
 
     def stage_done(self, task_id: int, stage: int, conf: float) -> None:
         """Record that exit ``stage`` of a task gave ``conf``."""
         s = self.slot.get(task_id)
         if s is not None:
-            self.done[s] = stage
-            self.conf[s] = conf
+            self.i[1, s] = stage
+            self.f[3, s] = conf
             self._confs[task_id].append(conf)
 
     def remove(self, task_id: int) -> None:
         """Forget a published or dropped task."""
         s = self.slot.pop(task_id, None)
         if s is not None:
+            self.i[4, s] = 0
             self._free.append(s)
             del self._confs[task_id]
 
     def __contains__(self, task_id: int) -> bool:
         return task_id in self.slot
 
-    def alive(self) -> np.ndarray:
-        """Return the slots of the pending tasks."""
-        return np.fromiter(self.slot.values(), dtype=np.int64, count=len(self.slot))
-
     def task(self, task_id: int) -> Task:
         """Return a new Task with the posted state of one task."""
         s = self.slot[task_id]
-        return Task(task_id, int(self.stream[s]), float(self.arrival[s]),
-                    float(self.deadline[s]), int(self.stages[s]), float(self.weight[s]),
-                    float(self.stamp[s]), int(self.done[s]), list(self._confs[task_id]))
+        f, i = self.f[:, s].tolist(), self.i[:, s].tolist()
+        return Task(task_id, i[3], f[1], f[0], i[2], f[2], f[4], i[1],
+                    list(self._confs[task_id]))
 
     def tasks(self) -> List[Task]:
         """Return new Tasks of every pending task (for a policy without arrays)."""
         return [self.task(i) for i in self.slot]
+
+
+def _plan_times(times, n: int) -> Tuple[np.ndarray, List[float]]:
+    """Return the planned time of each stage (index = stage) and cumulated, cached."""
+    cached = getattr(times, '_plan_arrays', None)
+    if cached is not None and cached[0] == times.version:
+        return cached[1], cached[2]
+    plan_s, cumt = [0.0], [0.0]
+    for d in range(1, n + 1):
+        p = times.plan(d)
+        plan_s.append(p)
+        cumt.append(cumt[-1] + p)
+    out = np.array(plan_s)
+    times._plan_arrays = (times.version, out, cumt)
+    return out, cumt
 
 
 def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stage: int,
@@ -387,12 +394,7 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     """
     t0 = time.perf_counter()
     times, n = pol.times, pol.n
-    plan_s = [0.0]
-    cumt = [0.0]
-    for d in range(1, n + 1):
-        p = times.plan(d)
-        plan_s.append(p)
-        cumt.append(cumt[-1] + p)
+    plan_s, cumt = _plan_times(times, n)
     slot = mirror.slot
     run_ids = [i for i in running if i in slot]
     run = np.array([slot[i] for i in run_ids], dtype=np.int64)
@@ -400,10 +402,9 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     u = pol.utility
     mean, cond, edges, nbins = u.tables()
     mode, order, depths, reserve, block, last, go_on = prepare_plan(
-        start, mirror.alive(), mirror.deadline, mirror.arrival, mirror.tid, mirror.done,
-        mirror.conf, mirror.weight, run, stage if run_ids else 0, np.array(plan_s),
-        pol.quantum, pol.horizon, u.flat, mean, cond, edges, nbins)
-    ids = tuple(mirror.tid[order].tolist())
+        start, mirror.f, mirror.i, run, stage if run_ids else 0, plan_s, pol.quantum,
+        pol.horizon, u.flat, mean, cond, edges, nbins)
+    ids = tuple(mirror.i[Mirror.ID, order].tolist())
     made: Dict[tuple, Targets] = {}
     rows: List[Targets] = []
     for row in depths.tolist():
@@ -435,13 +436,14 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
                 plan.table.append((k, entry.edges, b, deeper))
         elif entry.edges is None and f in slot:
             s = slot[f]
-            k_f = int(mirror.done[s])
-            if k_f >= 1 and k_f < mirror.stages[s]:
+            k_f = int(mirror.i[Mirror.DONE, s])
+            if k_f >= 1 and k_f < mirror.i[Mirror.STAGES, s]:
                 deeper = row.want[f] > k_f
                 end = now + times.plan(k_f + 1)
-                if deeper or (end <= mirror.deadline[s] and end <= row.reserve):
+                if deeper or (end <= mirror.f[Mirror.DEADLINE, s] and end <= row.reserve):
                     ed = None if u.flat else u.edges[k_f - 1]
-                    plan.table.append((k_f, ed, _bin(ed, float(mirror.conf[s])), deeper))
+                    conf = float(mirror.f[Mirror.CONF, s])
+                    plan.table.append((k_f, ed, _bin(ed, conf), deeper))
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -1052,11 +1054,20 @@ class OffPathPlanner:
             plan = self.policy.prepare(now, mirror.tasks(), run, stage, seq=seq)
         # The newest DP decision per (exit, bin), merged here, off the worker's path.
         table = dict(self._ptable)
+        copied = set()        # exits whose cells this merge copied already (copy once)
         for k, edges, b, deeper in plan.table:
             cell = table.get(k)
-            cells = dict(cell[1]) if cell is not None and cell[0] is edges else {}
+            if cell is None or cell[0] is not edges:
+                cells = {}
+                table[k] = (edges, cells)
+                copied.add(k)
+            elif k not in copied:
+                cells = dict(cell[1])
+                table[k] = (edges, cells)
+                copied.add(k)
+            else:
+                cells = cell[1]
             cells[b] = deeper
-            table[k] = (edges, cells)
         self._ptable = plan.merged = table
         plan.planner_s = self.clock() - t0
         if publish:
