@@ -826,7 +826,7 @@ class Executor:
             self._work(gen)
 
     def _work(self, gen: int) -> None:
-        """The worker's cycles (see ``_loop``)."""
+        """Run the worker's cycles (see ``_loop``)."""
         while True:
             jobs = self._take_jobs(gen)
             if jobs is None:
