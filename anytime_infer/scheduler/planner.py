@@ -70,6 +70,7 @@ from collections import deque
 from dataclasses import dataclass, field
 import heapq
 import math
+from math import isfinite
 import threading
 import time
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -713,11 +714,22 @@ class OffPathPlanner:
         if plan is not self._plan:
             self._adopt(plan)
         if plan is not None and ended:
-            t = tasks.get(ended[0])
+            tid = ended[0]
+            t = tasks.get(tid)
             if t is not None:
-                e = plan.entries.get((t.task_id, t.stages_done))
+                e = plan.entries.get((tid, t.stages_done))
                 if e is not None:
-                    tg = e.row(t.confidences[-1])
+                    # Entry.row, inlined (every boundary).
+                    edges = e.edges
+                    tg = None
+                    if edges is None:
+                        tg = e.rows[0]
+                    else:
+                        c = t.confidences[-1]
+                        if isfinite(c):
+                            b = bisect_right(edges, c) - 1
+                            top = len(edges) - 2
+                            tg = e.rows[0 if b < 0 else (top if b > top else b)]
                     if tg is not None:
                         self._targets = tg
                         self._stale = False
@@ -740,7 +752,13 @@ class OffPathPlanner:
                 d.drop.append((tid, INFEASIBLE))
             else:
                 break
-        front = self._front(tasks)
+        # _front, inlined: the earliest-deadline pending task (gone ones are popped).
+        heap, front = self._all, None
+        while heap:
+            front = tasks.get(heap[0][1])
+            if front is not None:
+                break
+            heapq.heappop(heap)
         ok = None
         if front is None or front.stages_done == 0:
             st.mandatory += 1
@@ -908,7 +926,7 @@ class OffPathPlanner:
         appended behind it (the usual case: a camera's newest frame has its latest
         deadline); otherwise each one is counted ahead of every planned one.
         """
-        n = self._fresh_news()
+        n = self._fresh_news() if self._new_dirty else self._new_n
         if not n:
             return tg.reserve
         p1 = self.policy.times.plan(1)
