@@ -89,3 +89,29 @@ def test_deepening_uses_slack_and_never_breaks_a_deadline():
         picked = _plan(tasks, deepen=True)[0]
         assert dp.is_feasible(0.0, tasks, picked[0].tolist())
         assert all(p >= q for p, q in zip(picked[0], _plan(tasks)[0][0]))   # only deeper
+
+
+def test_no_kernel_is_compiled_inside_a_decision_or_a_plan():
+    # A kernel compiled at first use would stall that decision or plan for seconds (the
+    # simulator would charge it; the node would miss deadlines): every kernel is compiled
+    # at import with the types the scheduler passes, and use adds no specialisation.
+    from anytime_infer.scheduler import dpkernel
+    from anytime_infer.scheduler.planner import Mirror, prepare_arrays
+    from anytime_infer.scheduler.policies import ImpreciseDP
+    from anytime_infer.scheduler.timing import StageTimes
+    from anytime_infer.scheduler.task import Task
+    from sched_helpers import synthetic_profile
+    compiled = {k: list(k.signatures) for k in (dpkernel.plan_window, dpkernel.prepare_plan)}
+    assert all(compiled.values())                    # compiled at import
+    prof = synthetic_profile()
+    tasks = [Task(i, 0, 0.0, 0.002 * (i + 1), 4) for i in range(5)]
+    tasks[0].stages_done, tasks[0].confidences = 1, [0.7]
+    pol = ImpreciseDP(prof, StageTimes(prof), lazy=False)
+    pol.decide(0.0, tasks)
+    mirror = Mirror()
+    for t in tasks:
+        mirror.add(t, t.stages_done, t.confidences)
+    prepare_arrays(pol, 0.0, mirror, [0], 2)
+    prepare_arrays(pol, 0.0, mirror, [], 0)
+    for kernel, before in compiled.items():
+        assert kernel.signatures == before, 'compiled at first use'

@@ -103,7 +103,7 @@ def _best_level(S: np.ndarray, row: int, size: int, start: float) -> int:
 def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
                 f_times: np.ndarray, f_rewards: np.ndarray, deadlines: np.ndarray,
                 times: np.ndarray, rewards: np.ndarray, nopt: np.ndarray,
-                deepen: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                deepen: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     Plan the window for every row of front rewards; return (picked, min slack, levels).
 
@@ -406,10 +406,22 @@ def pack(opts: Sequence, width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) before the first real decision."""
+    """
+    Compile (or load from numba's cache) every kernel before the first real decision.
+
+    With the argument types the scheduler passes, so that no compilation (seconds) ever
+    happens inside a decision or a plan (a test checks that each kernel has one
+    signature after use).
+    """
     one = np.zeros((1, 2))
     plan_window(0.0, INF, 0.01, 1.0, np.array([0.0, 0.1]), one, np.array([1.0]),
                 np.array([[0.1, 0.2]]), one, np.array([2], dtype=np.int64), True)
+    f = np.zeros((5, 2))
+    i = np.zeros((5, 2), dtype=np.int64)
+    f[0], i[4] = 1.0, 1
+    prepare_plan(0.0, f, i, np.zeros(1, dtype=np.int64), 1, np.array([0.0, 0.1, 0.1]), 0.01, 6,
+                 False, np.array([0.5, 0.6]), np.zeros((2, 1, 3)),
+                 np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64))
 
 
 warm_up()

@@ -201,7 +201,7 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
     rew = x.weight * mat[:, depths]                       # outcomes x options
     picked, _, level = plan_window(start, reserve, pol.quantum, x.deadline,
                                    np.asarray(times, dtype=float), np.ascontiguousarray(rew),
-                                   *pack(rest_opts, n))
+                                   *pack(rest_opts, n), True)
     order = [x] + rest
     out: List[Optional[Targets]] = []
     made: Dict[tuple, Targets] = {}

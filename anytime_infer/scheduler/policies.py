@@ -294,7 +294,7 @@ class ImpreciseDP(Policy):
         picked, slack, _ = plan_window(start, reserve, self.quantum, f.deadline,
                                        np.asarray(f.times, dtype=float),
                                        np.asarray([f.rewards], dtype=float),
-                                       *pack(opts[1:], self.n))
+                                       *pack(opts[1:], self.n), True)
         self.min_slack = float(slack[0])
         depth = {t.task_id: o.depths[i]
                  for t, o, i in zip(chosen, opts, picked[0].tolist())}
