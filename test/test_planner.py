@@ -269,3 +269,36 @@ def test_the_compiled_planner_makes_the_same_plan_as_the_reference(flat):
         assert got.table == ref.table
         modes.add((key[0] < 0, e_ref.edges is None))
     assert len(modes) >= (2 if flat else 3)
+
+
+@pytest.mark.parametrize('flat,lazy,batching', [(False, True, True), (False, False, True),
+                                                (True, True, False), (False, False, False)])
+def test_the_compiled_inline_decision_is_the_reference_decision(flat, lazy, batching):
+    import os
+    from anytime_infer.scheduler.profiles import load_profile
+    # The bundled fashion_mnist profile: calibrated batches that pay (batch mates compared).
+    prof = load_profile(os.path.join(os.path.dirname(__file__), '..', 'anytime_infer',
+                                     'models', 'fashion_mnist', 'profile.json'))
+    kinds = set()
+    for seed in range(80):
+        rng = np.random.default_rng(2000 + seed)
+        tasks = _tasks(rng, int(rng.integers(1, 40)), front_done=int(rng.integers(0, 3)))
+        for t in tasks:
+            t.weight = float(rng.choice([1.0, 0.5, 2.0]))
+            if rng.random() < 0.1:
+                t.deadline = float(rng.uniform(0.0, 0.0005))   # some cannot make it
+        rng.shuffle(tasks)
+        now = float(rng.uniform(0, 0.0005))
+
+        def fresh():
+            return ImpreciseDP(prof, StageTimes(prof), flat=flat, lazy=lazy,
+                               batching=batching)
+        ref = fresh()._decide_py(now, tasks)
+        got = fresh()._decide_arrays(now, tasks)
+        assert got.run == ref.run
+        assert sorted(got.finish) == sorted(ref.finish)
+        assert sorted(got.drop) == sorted(ref.drop)
+        assert got.planned_depth == ref.planned_depth
+        kinds.add((bool(ref.run), bool(ref.finish), bool(ref.drop), len(ref.run) > 1))
+    assert len(kinds) >= 3
+    assert any(k[3] for k in kinds) == batching        # batches were compared too

@@ -271,60 +271,56 @@ def _block(order: np.ndarray, lo: int, done: np.ndarray, deadline: np.ndarray,
 
 
 @njit(cache=True)
-def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, stage: int,
-                 plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
-                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+def _prelude(start: float, alive: np.ndarray, done: np.ndarray, deadline: np.ndarray,
+             arrival: np.ndarray, tid: np.ndarray, p1: float):
     """
-    Make the contingent plan of ``planner.prepare`` from slot arrays, in one call.
+    ``ImpreciseDP._prelude`` on slots: (dropped, chosen in EDF order, mandatory slack).
 
-    ``f`` and ``i``: the planner's ``Mirror`` (per slot: deadline, arrival, weight, last
-    confidence; id, stages done, -, -, pending); ``run``: the slots of the stage that
-    starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
-    the planned time of stage d. Returns (mode, order, depths, block reserve, block
-    count, block last deadline, go_on): mode 1 when the first running task is the front
-    after its stage (``depths`` has one row per confidence bin of its exit), 2 when not,
-    0 when idle (one row: the plan as the tasks are); ``order``: the slots planned, EDF.
+    A mandatory stage that cannot end by its deadline even alone is dropped; mandatory
+    stages that do not fit together are deferred (neither dropped nor chosen).
     """
-    n = len(mean)
-    p1 = plan_s[1]
-    deadline, arrival, weight = f[0], f[1], f[2]
-    tid = i[0]
-    done = i[1].copy()
-    conf = f[3].copy()
-    x = -1
-    for j in range(len(run)):
-        done[run[j]] = stage
-        conf[run[j]] = np.nan        # batch mates: planned on mean accuracies
-    if len(run) > 0:
-        x = run[0]
-    alive = np.flatnonzero(i[4])
-    # Prelude: mandatory stages that cannot end in time are shed, the rest in EDF order;
-    # mandatory stages that do not fit together are deferred.
+    dropped = np.empty(len(alive), dtype=np.int64)
     live = np.empty(len(alive), dtype=np.int64)
-    m = 0
+    nd, m = 0, 0
     for s in alive:
         if done[s] == 0 and start + p1 > deadline[s]:
-            continue
-        live[m] = s
-        m += 1
+            dropped[nd] = s
+            nd += 1
+        else:
+            live[m] = s
+            m += 1
     live = live[:m]
     _edf(live, deadline, arrival, tid)
     chosen = np.empty(m, dtype=np.int64)
     c = 0
     clock = start
+    slack = INF
     for s in live:
         if done[s] == 0:
             if clock + p1 > deadline[s]:
                 continue
             clock += p1
+            if deadline[s] - clock < slack:
+                slack = deadline[s] - clock
         chosen[c] = s
         c += 1
-    chosen = chosen[:c]
-    mode = 0
-    if x >= 0:
-        mode = 1 if c > 0 and chosen[0] == x else 2
-    if c == 0:
-        return mode, chosen, np.zeros((1, 0), dtype=np.int64), INF, 0, -INF, False
+    return dropped[:nd], chosen[:c], slack
+
+
+@njit(cache=True)
+def _window_plan(start: float, chosen: np.ndarray, outcomes: bool, done: np.ndarray,
+                 conf: np.ndarray, weight: np.ndarray, deadline: np.ndarray,
+                 plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
+                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+    """
+    ``ImpreciseDP.plan_depths`` on slots: (order, depths per row, slack per row, levels).
+
+    ``outcomes``: one row per confidence bin of the front's exit (the contingent plan),
+    else one row for the front as it is.
+    """
+    n = len(mean)
+    p1 = plan_s[1]
+    c = len(chosen)
     nw = min(c, horizon)
     order = chosen[:nw]
     # The mandatory stages after the window, reserved behind it.
@@ -362,7 +358,7 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
         if lo + o > k:
             acc += plan_s[lo + o]
         f_times[o] = acc
-    if mode == 1:
+    if outcomes:
         nb = nbins[k - 1] if not flat else 1
         f_rew = np.zeros((nb, m0))
         for b in range(nb):
@@ -374,19 +370,84 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
         f_rew = np.zeros((1, m0))
         for o in range(m0):
             f_rew[0, o] = weight[f] * u[lo + o]
-    picked, _, level = plan_window(start, reserve, quantum, deadline[f], f_times, f_rew,
-                                   dls, times, rewards, nopt, True)
+    picked, slack, level = plan_window(start, reserve, quantum, deadline[f], f_times, f_rew,
+                                       dls, times, rewards, nopt, True)
     depths = np.empty((picked.shape[0], nw), dtype=np.int64)
     for b in range(picked.shape[0]):
         depths[b, 0] = lo + picked[b, 0]
         for j in range(1, nw):
             depths[b, j] = max(done[order[j]], 1) + picked[b, j]
-    if mode == 1:
-        r, bn, last = _block(chosen, 1, done, deadline, p1)
-    else:
-        r, bn, last = _block(chosen, 0, done, deadline, p1)
+    return order, depths, slack, level
+
+
+@njit(cache=True)
+def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, stage: int,
+                 plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
+                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+    """
+    Make the contingent plan of ``planner.prepare`` from slot arrays, in one call.
+
+    ``f`` and ``i``: the planner's ``Mirror`` (per slot: deadline, arrival, weight, last
+    confidence; id, stages done, -, -, pending); ``run``: the slots of the stage that
+    starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
+    the planned time of stage d. Returns (mode, order, depths, block reserve, block
+    count, block last deadline, go_on): mode 1 when the first running task is the front
+    after its stage (``depths`` has one row per confidence bin of its exit), 2 when not,
+    0 when idle (one row: the plan as the tasks are); ``order``: the slots planned, EDF.
+    """
+    n = len(mean)
+    p1 = plan_s[1]
+    deadline, arrival, weight = f[0], f[1], f[2]
+    tid = i[0]
+    done = i[1].copy()
+    conf = f[3].copy()
+    x = -1
+    for j in range(len(run)):
+        done[run[j]] = stage
+        conf[run[j]] = np.nan        # batch mates: planned on mean accuracies
+    if len(run) > 0:
+        x = run[0]
+    _, chosen, _ = _prelude(start, np.flatnonzero(i[4]), done, deadline, arrival, tid, p1)
+    c = len(chosen)
+    mode = 0
+    if x >= 0:
+        mode = 1 if c > 0 and chosen[0] == x else 2
+    if c == 0:
+        return mode, chosen, np.zeros((1, 0), dtype=np.int64), INF, 0, -INF, False
+    order, depths, _, level = _window_plan(start, chosen, mode == 1, done, conf, weight,
+                                           deadline, plan_s, quantum, horizon, flat, mean,
+                                           cond, edges, nbins)
+    r, bn, last = _block(chosen, 1 if mode == 1 else 0, done, deadline, p1)
+    k = done[order[0]]
     go_on = k < n and (len(level) < 2 or level[1] >= 0)
     return mode, order, depths, r, bn, last, go_on
+
+
+@njit(cache=True)
+def inline_plan(start: float, f: np.ndarray, i: np.ndarray, plan_s: np.ndarray,
+                quantum: float, horizon: int, lazy: bool, flat: bool, mean: np.ndarray,
+                cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+    """
+    ``ImpreciseDP.plan`` on arrays of the pending tasks (one column per task).
+
+    Returns (dropped, lazy, chosen, order, depths, min slack): with ``lazy`` the
+    earliest-deadline task has no result and every chosen mandatory stage is planned at
+    depth 1 (the DP is not run: it would run that stage next whatever its plan);
+    otherwise ``depths[0]`` are the DP's depths of the tasks in ``order``.
+    """
+    p1 = plan_s[1]
+    done = i[1]
+    dropped, chosen, mslack = _prelude(start, np.flatnonzero(i[4]), done, f[0], f[1], i[0],
+                                       p1)
+    empty = np.zeros((1, 0), dtype=np.int64)
+    if len(chosen) == 0:
+        return dropped, False, chosen, chosen, empty, INF
+    if lazy and done[chosen[0]] == 0:
+        return dropped, True, chosen, chosen[:0], empty, mslack
+    order, depths, slack, _ = _window_plan(start, chosen, False, done, f[3], f[2], f[0],
+                                           plan_s, quantum, horizon, flat, mean, cond,
+                                           edges, nbins)
+    return dropped, False, chosen, order, depths, slack[0]
 
 
 def pack(opts: Sequence, width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -422,6 +483,9 @@ def warm_up() -> None:
     prepare_plan(0.0, f, i, np.zeros(1, dtype=np.int64), 1, np.array([0.0, 0.1, 0.1]), 0.01, 6,
                  False, np.array([0.5, 0.6]), np.zeros((2, 1, 3)),
                  np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64))
+    inline_plan(0.0, f, i, np.array([0.0, 0.1, 0.1]), 0.01, 6, True, False,
+                np.array([0.5, 0.6]), np.zeros((2, 1, 3)),
+                np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64))
 
 
 warm_up()

@@ -78,6 +78,7 @@ from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 from anytime_infer.scheduler.dp import INF
 from anytime_infer.scheduler.dpkernel import pack, plan_window, prepare_plan
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, Task
+from anytime_infer.scheduler.timing import planned
 from anytime_infer.scheduler.utility import Utility
 import numpy as np
 
@@ -371,17 +372,7 @@ class Mirror:
 
 def _plan_times(times, n: int) -> Tuple[np.ndarray, List[float]]:
     """Return the planned time of each stage (index = stage) and cumulated, cached."""
-    cached = getattr(times, '_plan_arrays', None)
-    if cached is not None and cached[0] == times.version:
-        return cached[1], cached[2]
-    plan_s, cumt = [0.0], [0.0]
-    for d in range(1, n + 1):
-        p = times.plan(d)
-        plan_s.append(p)
-        cumt.append(cumt[-1] + p)
-    out = np.array(plan_s)
-    times._plan_arrays = (times.version, out, cumt)
-    return out, cumt
+    return planned(times, n)
 
 
 def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stage: int,

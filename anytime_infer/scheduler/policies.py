@@ -6,15 +6,16 @@ which tasks are finished (publish now at their depth) and which are dropped (wit
 reason). ``anytime`` policies also have results published at a task's deadline from its
 deepest completed exit; the plain-detector baselines publish only at their fixed depth.
 """
+import math
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from anytime_infer.scheduler.dp import INF, TaskOptions
-from anytime_infer.scheduler.dpkernel import pack, plan_window
+from anytime_infer.scheduler.dpkernel import inline_plan, pack, plan_window
 from anytime_infer.scheduler.planner import ContingentPlan, prepare as prepare_plan
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import Decision, INFEASIBLE, QUEUE_FULL, Task
-from anytime_infer.scheduler.timing import StageTimes
+from anytime_infer.scheduler.timing import plan_times, StageTimes
 from anytime_infer.scheduler.utility import OracleUtility, Utility
 import numpy as np
 
@@ -159,6 +160,8 @@ class ImpreciseDP(Policy):
                  lazy: bool = True) -> None:
         super().__init__(profile, times)
         self.utility = utility or Utility(profile, flat=flat)
+        # Decide through the compiled prelude and DP where the utility has arrays.
+        self._arrays = type(self.utility) is Utility
         self.lazy = lazy
         self.quantum = quantum
         self.horizon = horizon
@@ -312,6 +315,62 @@ class ImpreciseDP(Policy):
 
     def decide(self, now: float, tasks: Sequence[Task]) -> Decision:
         """Plan, publish tasks at their planned depth, run the next planned stage (EDF)."""
+        if self._arrays:
+            return self._decide_arrays(now, tasks)
+        return self._decide_py(now, tasks)
+
+    def _decide_arrays(self, now: float, tasks: Sequence[Task]) -> Decision:
+        """
+        Decide as ``_decide_py``, the prelude and the DP in one compiled call (``inline_plan``).
+
+        The same decision (a test compares them); what is left in Python is reading the
+        tasks once (46 pending tasks: 37 us against 48 us, warm, this machine).
+        """
+        t0 = self.clock()
+        tasks = list(tasks)
+        nan = math.nan
+        f = np.array(([t.deadline for t in tasks], [t.arrival for t in tasks],
+                      [t.weight for t in tasks],
+                      [t.confidences[-1] if t.confidences else nan for t in tasks],
+                      [0.0] * len(tasks)))
+        done = [t.stages_done for t in tasks]
+        i = np.array(([t.task_id for t in tasks], done, [t.num_stages for t in tasks],
+                      [0] * len(tasks), [1] * len(tasks)), dtype=np.int64)
+        u = self.utility
+        mean, cond, edges, nbins = u.tables()
+        dropped, lazy, chosen, order, depths, slack = inline_plan(
+            now + self._decision_s, f.reshape(5, len(tasks)), i.reshape(5, len(tasks)),
+            plan_times(self.times, self.n), self.quantum, self.horizon, self.lazy, u.flat,
+            mean, cond, edges, nbins)
+        self.min_slack = float(slack)
+        d = Decision()
+        d.drop = [(tasks[s].task_id, INFEASIBLE) for s in dropped.tolist()]
+        runnable: List[Task] = []
+        if lazy:
+            picked = [tasks[s] for s in chosen.tolist()]
+            d.planned_depth = {t.task_id: 1 for t in picked if t.stages_done == 0}
+            runnable = [t for t in picked if t.stages_done == 0]
+        else:
+            want = depths[0].tolist()
+            d.planned_depth = depth = {tasks[s].task_id: w
+                                       for s, w in zip(order.tolist(), want)}
+            for s in order.tolist():
+                t = tasks[s]
+                w = depth[t.task_id]
+                if t.stages_done >= 1 and (w <= t.stages_done or t.complete):
+                    d.finish.append(t.task_id)
+                elif w > t.stages_done:
+                    runnable.append(t)
+        if runnable:
+            first = runnable[0]          # EDF order already
+            d.run = [first.task_id]
+            if self.batching:
+                d.run += self._batch_mates(now, first, runnable, ordered=True)
+        self._note_decision_time(self.clock() - t0)
+        return d
+
+    def _decide_py(self, now: float, tasks: Sequence[Task]) -> Decision:
+        """Decide in Python (the reference; the oracle's utility has no arrays)."""
         t0 = self.clock()
         d = Decision()
         depth, d.drop, deferred = self.plan(now, tasks)
@@ -346,10 +405,12 @@ class ImpreciseDP(Policy):
             self._recent.clear()
             self.times.set_overhead(self._decision_s)
 
-    def _batch_mates(self, now: float, first: Task, runnable: List[Task]) -> List[int]:
+    def _batch_mates(self, now: float, first: Task, runnable: List[Task],
+                     ordered: bool = False) -> List[int]:
         """Other tasks at the same stage to run with ``first``, if batching saves time."""
         stage = first.stages_done + 1
-        mates = [t for t in _edf(runnable) if t is not first and t.stages_done + 1 == stage]
+        mates = [t for t in (runnable if ordered else _edf(runnable))
+                 if t is not first and t.stages_done + 1 == stage]
         mates = mates[:self.max_batch - 1]
         alone = self.times.plan(stage, 1)
         while mates:

@@ -188,3 +188,24 @@ def _pct(ordered: List[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def plan_times(times: 'StageTimes', n: int):
+    """Return the planned time of each stage, index = stage (numpy; cached per version)."""
+    return planned(times, n)[0]
+
+
+def planned(times: 'StageTimes', n: int):
+    """Return (planned time per stage as numpy, index = stage; cumulated), cached."""
+    cached = getattr(times, '_plan_arrays', None)
+    if cached is not None and cached[0] == times.version and len(cached[2]) == n + 1:
+        return cached[1], cached[2]
+    import numpy as np
+    per, cumt = [0.0], [0.0]
+    for d in range(1, n + 1):
+        p = times.plan(d)
+        per.append(p)
+        cumt.append(cumt[-1] + p)
+    out = np.array(per)
+    times._plan_arrays = (times.version, out, cumt)
+    return out, cumt
