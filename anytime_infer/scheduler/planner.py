@@ -703,7 +703,15 @@ class OffPathPlanner:
         plan = self.ready
         exact = False
         if plan is not self._plan:
-            self._adopt(plan)
+            # _adopt, inlined (a new plan at nearly every boundary).
+            self._plan = plan
+            if plan is not None:
+                st.plans += 1
+                self._new_dirty = True    # frames it did not see: counted when needed
+                self._targets = None
+                self._stale = True        # its targets are found if the lookup misses
+                if plan.merged is not None:
+                    self._table = plan.merged
         if plan is not None and ended:
             tid = ended[0]
             t = tasks.get(tid)
@@ -784,17 +792,6 @@ class OffPathPlanner:
         thread's CPU time), so ``decide`` itself reads no clock.
         """
         self.policy._note_decision_time(seconds)
-
-    def _adopt(self, plan: Optional[ContingentPlan]) -> None:
-        self._plan = plan
-        if plan is None:
-            return
-        self.stats.plans += 1
-        self._new_dirty = True    # the frames it did not see are counted when needed
-        self._targets = None
-        self._stale = True        # its targets are found when the exact lookup misses
-        if plan.merged is not None:
-            self._table = plan.merged
 
     def _fresh_news(self) -> int:
         """Fold the frames the adopted plan did not see into the reserve terms; count them."""
@@ -882,7 +879,8 @@ class OffPathPlanner:
             w = want.get(front.task_id)
             if w is None:
                 return None
-            if w > front.stages_done and not front.complete:
+            k = front.stages_done
+            if w > k and k < front.num_stages:
                 break
             d.finish.append(front.task_id)          # the plan stops it here
             heapq.heappop(self._all)
@@ -892,7 +890,7 @@ class OffPathPlanner:
                 return True
         if front is None:
             return True
-        reserve = self._reserve(tg)
+        reserve = tg.reserve if not (self._new_dirty or self._new_n) else self._reserve(tg)
         stage = front.stages_done + 1
         end = now + times.plan(stage)
         if end > front.deadline + EPS or end > reserve + EPS:
