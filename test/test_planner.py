@@ -212,6 +212,24 @@ def test_the_oracle_is_at_least_every_online_policy():
     assert acc['oracle'] >= max(acc.values())
 
 
+def test_the_free_bound_plans_for_no_decision_time_and_repeats_exactly():
+    # The bound (decisions free) used to plan every stage with the policy's own measured
+    # decision time: it depended on how busy the machine was and was weaker than free.
+    prof = synthetic_profile(stage_ms=(0.06, 0.2, 0.2, 0.2))
+    trace = synthetic_trace()
+    streams = make_streams(prof, 3.0)
+    runs = []
+    for _ in range(2):
+        pol = make_policy('imprecise_dp', prof)
+        res = simulate(prof, trace, pol, streams, frames=400, seed=4, charge_decisions=False)
+        assert pol.times.overhead == 0.0 and pol._decision_s == 0.0
+        runs.append([(f.outcome, f.depth) for f in res.frames])
+    assert runs[0] == runs[1]
+    charged = make_policy('imprecise_dp', prof)
+    simulate(prof, trace, charged, streams, frames=400, seed=4, planner='inline')
+    assert charged.times.overhead > 0.0          # a charged run plans for its decisions
+
+
 def test_simulate_cli_takes_the_planner_options(capsys, tmp_path):
     from anytime_infer.cli import main
     from anytime_infer.scheduler.traces import write_trace

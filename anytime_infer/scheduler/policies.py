@@ -33,6 +33,7 @@ class Policy:
     simulation_only = False
     clock = staticmethod(time.perf_counter)   # times the policy's own work (the simulator
     #                                           may set the CPU-time clock)
+    free_decisions = False   # decisions cost the worker nothing (the simulator's bound)
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None) -> None:
         self.profile = profile
@@ -397,8 +398,12 @@ class ImpreciseDP(Policy):
         Keep the planner's own time per decision (median of the last 64) for planning.
 
         The median, not a tail: one preempted decision must not make every plan shallower
-        (the stage-time percentile already covers the tails of the worker's time).
+        (the stage-time percentile already covers the tails of the worker's time). Where
+        decisions are free (the simulator's bound) nothing is planned for them, so the
+        bound does not depend on how fast this machine was at that moment.
         """
+        if self.free_decisions:
+            return
         self._recent.append(spent)
         if len(self._recent) >= 64:
             self._decision_s = float(np.median(self._recent))

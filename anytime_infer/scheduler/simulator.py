@@ -214,6 +214,8 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
     if best_of:
         return _best_of(profile, trace, policy, best_of, streams, frames, seed, arrival,
                         charge_decisions, arrivals, samples, planner, decision_clock)
+    if not charge_decisions:
+        policy.free_decisions = True      # the bound: nothing is planned for decisions
     if trace.num_exits != profile.num_stages:
         raise ValueError(f'trace has {trace.num_exits} exits, profile {profile.num_stages}')
     rng = np.random.default_rng(seed)
