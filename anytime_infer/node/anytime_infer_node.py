@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 
 from anytime_infer.executor import FrameJob, FrameOutcome
 from anytime_infer.msg import Detection, DetectionArray, SchedulerStatus
+from anytime_infer.node.gcwatch import freeze_heap, GcPauses, unfreeze_heap
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
     to_model_input
 from anytime_infer.node.params import ACTIVATE, CONFIGURE, NodeConfig, normalized, RUN, \
@@ -125,6 +126,8 @@ class AnytimeInferNode(LifecycleNode):
         self._jump_locked = False
         self._before_jump: Optional[tuple] = None
         self._conversion_s: deque = deque(maxlen=1000)   # per-frame conversion time
+        self._gc = GcPauses()           # collector pauses, for /diagnostics
+        self._gc.install()
         if self.cfg.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError('autostart: configure failed (see the log)')
@@ -264,10 +267,13 @@ class AnytimeInferNode(LifecycleNode):
                                             card['classes'])
         self._status_pub = self.create_publisher(SchedulerStatus, '~/status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        # The model, the modules and the compiled kernels live as long as the node: out of
+        # the collector's sight, a full collection takes ms, not 60-120 ms (gcwatch).
+        frozen = freeze_heap()
         self.get_logger().info(
             f'configured: model {card["name"]} ({card["arch"]}, {card["num_stages"]} stages) '
             f'on {self.executor_.device}, policy {self.executor_.policy.name}, cameras '
-            f'{self.cfg.camera_topics}')
+            f'{self.cfg.camera_topics}; {frozen} objects frozen for the collector')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -319,6 +325,7 @@ class AnytimeInferNode(LifecycleNode):
         self._watch_clock(False)
         self.executor_ = None
         self.card = None
+        unfreeze_heap()                 # the old model can be collected now
         return TransitionCallbackReturn.SUCCESS
 
     def _destroy_publishers(self, ack_timeout_s: float = 1.0) -> None:
@@ -348,6 +355,11 @@ class AnytimeInferNode(LifecycleNode):
             self.executor_.stop()
         self._watch_clock(False)
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop timing the collector, then destroy the node."""
+        self._gc.remove()
+        super().destroy_node()
 
     # -- time (README, "Time") --------------------------------------------------------------
     def _watch_clock(self, on: bool) -> None:
@@ -601,6 +613,8 @@ class AnytimeInferNode(LifecycleNode):
             ('stage_ms_p50', f'{1000 * _median(ex.stage_s) if ex else 0.0:.3f}'))]
         ds.values += [KeyValue(key='dropped_' + r, value=str(n))
                       for r, n in zip(st.drop_reasons, st.drop_counts)]
+        # Collections since the last status: count and longest pause (ms) per generation.
+        ds.values += [KeyValue(key=k, value=f'{v:g}') for k, v in self._gc.report().items()]
         arr = DiagnosticArray(status=[ds])
         health = self._health_status(st.device)
         if health is not None:
