@@ -47,6 +47,14 @@ def test_every_outcome_gets_exactly_the_dps_plan(seed):
         assert entry.row(x.confidences[-1]) is row
 
 
+def _weighted_tasks(rng, most):
+    """Make 1..most-1 loaded tasks (front with 0-2 stages done) with camera weights."""
+    tasks = _tasks(rng, int(rng.integers(1, most)), front_done=int(rng.integers(0, 3)))
+    for t in tasks:
+        t.weight = float(rng.choice([1.0, 0.5, 2.0]))
+    return tasks
+
+
 def _link(prof, tasks):
     pol = ImpreciseDP(prof, StageTimes(prof), batching=False)
     link = OffPathPlanner(pol)
@@ -261,9 +269,7 @@ def test_the_compiled_planner_makes_the_same_plan_as_the_reference(flat):
     modes = set()
     for seed in range(60):
         rng = np.random.default_rng(1000 + seed)
-        tasks = _tasks(rng, int(rng.integers(1, 14)), front_done=int(rng.integers(0, 3)))
-        for t in tasks:
-            t.weight = float(rng.choice([1.0, 0.5, 2.0]))
+        tasks = _weighted_tasks(rng, 14)
         pol = ImpreciseDP(prof, StageTimes(prof), flat=flat)
         mirror = Mirror(capacity=4)          # grows as tasks come
         for t in tasks:
@@ -300,9 +306,8 @@ def test_the_compiled_inline_decision_is_the_reference_decision(flat, lazy, batc
     kinds = set()
     for seed in range(80):
         rng = np.random.default_rng(2000 + seed)
-        tasks = _tasks(rng, int(rng.integers(1, 40)), front_done=int(rng.integers(0, 3)))
+        tasks = _weighted_tasks(rng, 40)
         for t in tasks:
-            t.weight = float(rng.choice([1.0, 0.5, 2.0]))
             if rng.random() < 0.1:
                 t.deadline = float(rng.uniform(0.0, 0.0005))   # some cannot make it
         rng.shuffle(tasks)
