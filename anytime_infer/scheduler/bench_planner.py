@@ -24,6 +24,7 @@ from typing import Dict, List, Sequence
 from anytime_infer.scheduler.planner import OffPathPlanner
 from anytime_infer.scheduler.policies import ImpreciseDP
 from anytime_infer.scheduler.profiles import ModelProfile
+from anytime_infer.scheduler.simulator import clock_tare
 from anytime_infer.scheduler.task import Task
 from anytime_infer.scheduler.timing import StageTimes
 import numpy as np
@@ -46,19 +47,11 @@ def _state(profile: ModelProfile, n: int, first_id: int, rng: np.random.Generato
     return tasks
 
 
-def _tare(clock, n: int = 200) -> float:
-    samples = []
-    for _ in range(n):
-        t0 = clock()
-        samples.append(clock() - t0)
-    return float(np.median(samples))
-
-
 def scale_benchmark(profile: ModelProfile, sizes: Sequence[int] = SIZES, runs: int = 200,
                     seed: int = 0) -> List[Dict]:
     """Boundary, planning and inline decision times (ms, p50/p99) per number of tasks."""
     clock = time.thread_time
-    tare = _tare(clock)
+    tare = clock_tare(clock)
     rng = np.random.default_rng(seed)
     out = []
     next_id = 0

@@ -221,6 +221,37 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
     return Entry(x.task_id, k, edges, out, go_on)
 
 
+def _decision_table(plan: ContingentPlan, now: float, times, utility, state_of) -> None:
+    """
+    Add the plan's decisions for a front task by (exit, bin) to ``plan.table``.
+
+    For the enumerated front every bin; for a known front (an entry whose outcome does not
+    matter) its own bin, from ``state_of(task id)``: (stages done, stages, deadline, last
+    confidence), or None where the task is not known. A stop is recorded only where the
+    front could have gone on (its deadline and the others' allowed it).
+    """
+    for (tid, k), e in plan.entries.items():
+        for b, row in enumerate(e.rows):
+            if not row.order:
+                continue
+            f = row.order[0]
+            if f == tid:                 # the enumerated front: every bin
+                deeper = row.want[f] > k
+                if deeper or e.could_go_on:
+                    plan.table.append((k, e.edges, b, deeper))
+            elif e.edges is None:        # the known front: its own bin
+                st = state_of(f)
+                if st is None:
+                    continue
+                k_f, stages, deadline, conf = st
+                if 1 <= k_f < stages:
+                    deeper = row.want[f] > k_f
+                    end = now + times.plan(k_f + 1)
+                    if deeper or (end <= deadline and end <= row.reserve):
+                        ed = None if utility.flat else utility.edges[k_f - 1]
+                        plan.table.append((k_f, ed, _bin(ed, conf), deeper))
+
+
 def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stage: int,
             seq: int = 0) -> ContingentPlan:
     """
@@ -277,24 +308,12 @@ def prepare(pol, now: float, tasks: Sequence[Task], running: Sequence[int], stag
         entries[(-1, 0)] = Entry(-1, 0, None, [static_targets(pol, now, tasks)])
         first = (-1, 0)
     plan = ContingentPlan(seq, now, entries, first, cumt)
-    for (tid, k), e in entries.items():
-        for b, row in enumerate(e.rows):
-            if not row.order:
-                continue
-            f = row.order[0]
-            if f == tid:                 # the enumerated front: every bin
-                deeper = row.want[f] > k
-                if deeper or e.could_go_on:
-                    plan.table.append((k, e.edges, b, deeper))
-            elif e.edges is None and f in by_id:   # the known front: its own bin
-                t = by_id[f]
-                k_f = t.stages_done
-                if k_f >= 1 and not t.complete:
-                    deeper = row.want[f] > k_f
-                    end = now + times.plan(k_f + 1)
-                    if deeper or (end <= t.deadline and end <= row.reserve):
-                        ed, _ = pol.utility.outcomes(t, k_f)
-                        plan.table.append((k_f, ed, _bin(ed, t.last_confidence), deeper))
+
+    def state_of(f: int):
+        t = by_id.get(f)
+        return None if t is None else (t.stages_done, t.num_stages, t.deadline,
+                                       t.last_confidence)
+    _decision_table(plan, now, times, pol.utility, state_of)
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -370,11 +389,6 @@ class Mirror:
         return [self.task(i) for i in self.slot]
 
 
-def _plan_times(times, n: int) -> Tuple[np.ndarray, List[float]]:
-    """Return the planned time of each stage (index = stage) and cumulated, cached."""
-    return planned(times, n)
-
-
 def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stage: int,
                    seq: int = 0) -> ContingentPlan:
     """
@@ -386,7 +400,7 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     """
     t0 = time.perf_counter()
     times, n = pol.times, pol.n
-    plan_s, cumt = _plan_times(times, n)
+    plan_s, cumt = planned(times, n)
     slot = mirror.slot
     run_ids = [i for i in running if i in slot]
     run = np.array([slot[i] for i in run_ids], dtype=np.int64)
@@ -416,26 +430,14 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
         first = (-1, 0)
         entry = Entry(-1, 0, None, rows)
     plan = ContingentPlan(seq, now, {first: entry}, first, cumt)
-    # The decision table, as ``prepare`` makes it.
-    tid, k = first
-    for b, row in enumerate(entry.rows):
-        if not row.order:
-            continue
-        f = row.order[0]
-        if f == tid:
-            deeper = row.want[f] > k
-            if deeper or entry.could_go_on:
-                plan.table.append((k, entry.edges, b, deeper))
-        elif entry.edges is None and f in slot:
-            s = slot[f]
-            k_f = int(mirror.i[Mirror.DONE, s])
-            if k_f >= 1 and k_f < mirror.i[Mirror.STAGES, s]:
-                deeper = row.want[f] > k_f
-                end = now + times.plan(k_f + 1)
-                if deeper or (end <= mirror.f[Mirror.DEADLINE, s] and end <= row.reserve):
-                    ed = None if u.flat else u.edges[k_f - 1]
-                    conf = float(mirror.f[Mirror.CONF, s])
-                    plan.table.append((k_f, ed, _bin(ed, conf), deeper))
+
+    def state_of(f: int):
+        s = slot.get(f)
+        if s is None:
+            return None
+        return (int(mirror.i[Mirror.DONE, s]), int(mirror.i[Mirror.STAGES, s]),
+                float(mirror.f[Mirror.DEADLINE, s]), float(mirror.f[Mirror.CONF, s]))
+    _decision_table(plan, now, times, u, state_of)
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -659,19 +661,10 @@ class OffPathPlanner:
         ev = self._events
         for tid in gone:
             ev.append(('r', tid))
-        # stage_done and arrived, inlined: this is the worker's whole boundary.
-        confs = self._confs
         for tid in ended:
             t = tasks.get(tid)
             if t is not None:
-                k, c = t.stages_done, t.confidences[-1]
-                ev.append(('s', tid, k, c))
-                confs[(tid, k)] = c
-                if k == 1:
-                    self._latest = None
-        if len(confs) > 512:
-            for key in list(confs)[:256]:
-                del confs[key]
+                self.stage_done(tid, t.stages_done, t.confidences[-1])
         if admitted:
             p1 = self.policy.times.plan(1)
             for t in admitted:

@@ -205,7 +205,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
     if decision_clock not in CLOCKS:
         raise ValueError(f'decision clock must be one of {tuple(CLOCKS)}')
     clock = CLOCKS[decision_clock]
-    tare = _clock_tare(clock)
+    tare = clock_tare(clock)
     if planner == 'auto':
         planner = 'inline'
         if charge_decisions and getattr(policy, 'contingent', False):
@@ -361,7 +361,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
                      link.stats if link is not None else None)
 
 
-def _clock_tare(clock, n: int = 200) -> float:
+def clock_tare(clock, n: int = 200) -> float:
     """Return what reading the clock twice costs (the simulator's, not work)."""
     samples = []
     for _ in range(n):

@@ -15,6 +15,7 @@ import math
 from typing import Deque, Dict, List, Optional, Tuple
 
 from anytime_infer.scheduler.profiles import ModelProfile
+import numpy as np
 
 MIN_SAMPLES = 8          # own measurements a (stage, batch) needs for its own scale
 MIN_SCALE = 0.5          # never plan below half the calibrated time
@@ -200,7 +201,6 @@ def planned(times: 'StageTimes', n: int):
     cached = getattr(times, '_plan_arrays', None)
     if cached is not None and cached[0] == times.version and len(cached[2]) == n + 1:
         return cached[1], cached[2]
-    import numpy as np
     per, cumt = [0.0], [0.0]
     for d in range(1, n + 1):
         p = times.plan(d)
