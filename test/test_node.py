@@ -112,10 +112,10 @@ def test_light_load_every_frame_one_outcome_full_accuracy(ros, node_process):
     assert accuracy >= expected - 0.03, (accuracy, expected)
 
 
-def test_the_node_freezes_its_startup_heap_and_reports_collector_pauses(ros, node_process):
-    # The demo's late frames (1-2 of 1200 at light load) came with full collections of
-    # 60-120 ms in the node: its startup heap is frozen at configure, and /diagnostics says
-    # how many objects are frozen and how long collections took since the last status.
+def test_the_node_reports_collector_pauses(ros, node_process):
+    # Full collections of 60-120 ms in the node made 1-2 of the demo's 1200 frames late: the
+    # node runs one at configure, and /diagnostics says how many collections ran since the
+    # last status and how long the longest of each generation took.
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from anytime_infer.node.gcwatch import pause_keys
@@ -128,14 +128,13 @@ def test_the_node_freezes_its_startup_heap_and_reports_collector_pauses(ros, nod
     sub = ros.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
     try:
         end = time.monotonic() + 30.0
-        while time.monotonic() < end and 'gc_frozen_objects' not in seen:
+        while time.monotonic() < end and float(seen.get('gc0_count', 0)) < 1:
             rclpy.spin_once(ros, timeout_sec=0.1)
     finally:
         ros.destroy_subscription(sub)
     assert set(pause_keys()) <= set(seen), seen
-    # torch, rclpy, numba and the model: hundreds of thousands of objects out of the walk.
-    assert float(seen['gc_frozen_objects']) > 50000, seen
     assert all(float(seen[k]) >= 0.0 for k in pause_keys())
+    assert float(seen['gc0_count']) >= 1, seen       # a running node collects its young
 
 
 # Overload is made relative to this machine's measured speed, not by a fixed frame rate

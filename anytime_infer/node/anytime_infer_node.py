@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from anytime_infer.executor import FrameJob, FrameOutcome
 from anytime_infer.msg import Detection, DetectionArray, SchedulerStatus
-from anytime_infer.node.gcwatch import freeze_heap, GcPauses, unfreeze_heap
+from anytime_infer.node.gcwatch import collect_heap, GcPauses
 from anytime_infer.node.imageconv import BadInput, compressed_to_array, image_to_array, \
     to_model_input
 from anytime_infer.node.params import ACTIVATE, CONFIGURE, NodeConfig, normalized, RUN, \
@@ -267,13 +267,13 @@ class AnytimeInferNode(LifecycleNode):
                                             card['classes'])
         self._status_pub = self.create_publisher(SchedulerStatus, '~/status', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        # The model, the modules and the compiled kernels live as long as the node: out of
-        # the collector's sight, a full collection takes ms, not 60-120 ms (gcwatch).
-        frozen = freeze_heap()
+        # Everything long-lived is made now: a full collection here puts the next one (a
+        # 60-120 ms pause of every thread) far away (gcwatch).
+        collect_s = collect_heap()
         self.get_logger().info(
             f'configured: model {card["name"]} ({card["arch"]}, {card["num_stages"]} stages) '
             f'on {self.executor_.device}, policy {self.executor_.policy.name}, cameras '
-            f'{self.cfg.camera_topics}; {frozen} objects frozen for the collector')
+            f'{self.cfg.camera_topics}; full collection {1000 * collect_s:.0f} ms')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -325,7 +325,6 @@ class AnytimeInferNode(LifecycleNode):
         self._watch_clock(False)
         self.executor_ = None
         self.card = None
-        unfreeze_heap()                 # the old model can be collected now
         return TransitionCallbackReturn.SUCCESS
 
     def _destroy_publishers(self, ack_timeout_s: float = 1.0) -> None:
