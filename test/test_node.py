@@ -119,22 +119,26 @@ def test_the_node_reports_collector_pauses(ros, node_process):
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from anytime_infer.node.gcwatch import pause_keys
-    seen = {}
+    seen, gc0 = {}, []
 
     def on_diag(msg):
         for st in msg.status:
             if st.name == 'anytime_infer: scheduler':
                 seen.update({kv.key: kv.value for kv in st.values})
+                gc0.append(float(seen.get('gc0_count', 0)))
     sub = ros.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
     try:
+        # Frames to work on (the node collects its young objects as it makes them).
+        play(ros, REMAPPED, load_samples('fashion_mnist'), rate_hz=20.0, frames=40, size=56,
+             warmup_s=60.0, reliable_images=True)
         end = time.monotonic() + 30.0
-        while time.monotonic() < end and float(seen.get('gc0_count', 0)) < 1:
+        while time.monotonic() < end and sum(gc0) < 1:
             rclpy.spin_once(ros, timeout_sec=0.1)
     finally:
         ros.destroy_subscription(sub)
     assert set(pause_keys()) <= set(seen), seen
     assert all(float(seen[k]) >= 0.0 for k in pause_keys())
-    assert float(seen['gc0_count']) >= 1, seen       # a running node collects its young
+    assert sum(gc0) >= 1, seen          # collections are counted (summed over the statuses)
 
 
 # Overload is made relative to this machine's measured speed, not by a fixed frame rate
