@@ -165,6 +165,52 @@ def _add_simulate(sub) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
+def _cmd_bound(args: argparse.Namespace) -> int:
+    from anytime_infer.scheduler.bounds import all_bounds, bound_table
+    from anytime_infer.scheduler.traces import read_trace
+    if args.trace:
+        if not args.stage_ms:
+            raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+        trace, name = read_trace(args.trace), args.trace
+    else:
+        from anytime_infer.evaluation import bundled_source
+        src = bundled_source(args.model)
+        trace, name = src.trace, args.model
+    stage_s = [x / 1000.0 for x in _floats(args.stage_ms)] if args.stage_ms else \
+        [src.profile.stage_mean(k) for k in range(1, src.profile.num_stages + 1)]
+    bounds = all_bounds(trace, stage_s, _floats(args.loads), bins=args.bins)
+    if args.json:
+        print_json({f'{load:g}': {k: vars(b) for k, b in r.items()}
+                    for load, r in bounds.items()})
+        return 0
+    print(f'{name}: budget bounds, stage times {[round(1000 * x, 4) for x in stage_s]} ms, '
+          f'{len(trace.samples)} frames, deadlines relaxed to the mean budget, tables fitted '
+          'on the trace itself')
+    print(bound_table(bounds))
+    return 0
+
+
+def _add_bound(sub) -> None:
+    p = sub.add_parser('bound', help="what a policy that knows the exits' confidences can "
+                       'reach, against the clairvoyant oracle (budget bounds on a trace)',
+                       description='Relax every deadline to the mean time per frame at a '
+                       'load and compute, on the trace, the best accuracy of a policy that '
+                       "knows (a) which exits are correct (oracle), (b) the latest exit's "
+                       "confidence bin (what imprecise_dp plans on), (c) all exits' bins so "
+                       'far. (b) and (c) are optimistic: their tables are fitted on the '
+                       'frames they are judged on.')
+    p.add_argument('--model', default='fashion_mnist',
+                   help='bundled model (its test trace and stage times); default %(default)s')
+    p.add_argument('--trace', help='a trace CSV from elsewhere (needs --stage-ms)')
+    p.add_argument('--stage-ms', help='mean stage latencies in ms, comma-separated (default: '
+                   "the bundled model's profile)")
+    p.add_argument('--loads', default='1,2,3', help='loads, comma-separated (%(default)s)')
+    p.add_argument('--bins', type=int, default=10,
+                   help='confidence bins of the last-exit information (%(default)s)')
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.set_defaults(func=_cmd_bound)
+
+
 def _planner_scale(model: str, out: str, runs: int) -> None:
     """Print (and write) the off-path planner's scale benchmark for one model."""
     import os
@@ -518,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate,
+ADDERS: List[Callable] = [_add_train, _add_calibrate, _add_trace, _add_simulate, _add_bound,
                           _add_bench, _add_bench_model, _add_bench_node,
                           _add_bench_executor, _add_demo,
                           _add_export_samples, _add_make_bag, _add_replay, _add_evaluate,
