@@ -219,6 +219,20 @@ class StageTimer:
         self.cpu_seconds = time.thread_time() - self._c0
 
 
+class _Frame:
+    """A frame in flight: its tasks still open, the results and drop reasons so far."""
+
+    __slots__ = ('job', 'open', 'results', 'reasons', 'late', 'rois')
+
+    def __init__(self, job: FrameJob, tids: List[int], rois: List[tuple]) -> None:
+        self.job = job
+        self.open = set(tids)
+        self.results: List[CropResult] = []
+        self.reasons: List[str] = []
+        self.late = False
+        self.rois = rois
+
+
 class Executor:
     """The worker: owns the device, the tasks' states and the policy."""
 
@@ -249,6 +263,7 @@ class Executor:
         self._in_lut = (np.arange(256, dtype=np.float32)[:, None] * self._in_scale
                         + self._in_offset).astype(np.float32)
         self._cpu = self.device.type == 'cpu'
+        self._net_stages = self.net.num_stages
         self.times = StageTimes(profile, percentile=percentile)
         self._batching = batching
         self._plan_profile = profile          # truncated once a stage is disabled
@@ -277,8 +292,9 @@ class Executor:
         self._tasks: Dict[int, Task] = {}
         self._state: Dict[int, torch.Tensor] = {}
         self._result: Dict[int, Tuple[int, float]] = {}   # class, confidence (deepest exit)
-        self._task_frame: Dict[int, int] = {}
-        self._frames: Dict[int, dict] = {}
+        # Per task: its frame and its crop's index in the frame (the roi it answers for).
+        self._task_frame: Dict[int, Tuple[_Frame, int]] = {}
+        self._frames: Dict[int, _Frame] = {}
         self._ids = itertools.count()
         self._frame_ids = itertools.count()
         self._running = False
@@ -314,6 +330,7 @@ class Executor:
         self._last_failure: Dict[int, float] = {}
         self._fail_logged: Dict[int, float] = {}
         self._stall_checked = -1e9
+        self._p50: Dict[Tuple[int, int], float] = {}   # calibrated median per (stage, batch)
         self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
         # time, the same in the worker thread's CPU time, then the wall time admitting
@@ -690,10 +707,10 @@ class Executor:
                     self._drop(tid, SHUTDOWN, now)
             # A frame whose last task was closed when an interrupt cut this phase short.
             for frame in list(self._frames.values()):
-                frame['open'] &= self._tasks.keys()
-                if not frame['open']:
-                    frame['reasons'].append(SHUTDOWN)
-                    self._maybe_emit(frame, now)
+                frame.open &= self._tasks.keys()
+                if not frame.open:
+                    frame.reasons.append(SHUTDOWN)
+                    self._emit_frame(frame, now)
         self._emit_deferred()     # a worker still inside a stage has not emitted them
 
     # -- worker ---------------------------------------------------------------------------
@@ -832,12 +849,12 @@ class Executor:
                 self._emit(FrameOutcome(job, DROPPED, ERROR, [], self.clock()))
                 continue
             rois = job.rois or [(0, 0, 0, 0)] * len(job.inputs)
-            tids = []
             # Planned to a deadline earlier by the measured overrun (judged on its own).
             guard = min(self.guard_s, GUARD_MAX_SHARE * max(job.deadline - job.arrival, 0.0)) \
                 if self.policy.anytime else 0.0
             link = self._link
             rows = x.split(1) if len(x) > 1 else (x,)
+            frame = _Frame(job, [], rois)
             for i in range(len(job.inputs)):
                 tid = next(self._ids)
                 self._tasks[tid] = task = Task(tid, job.stream, job.arrival,
@@ -848,11 +865,9 @@ class Executor:
                 if guard:
                     self._guard_of[tid] = guard
                 self._state[tid] = rows[i]
-                self._task_frame[tid] = job.frame_id
-                tids.append(tid)
-            self._frames[job.frame_id] = {'job': job, 'open': set(tids), 'results': [],
-                                          'reasons': [], 'late': False, 'rois': rois,
-                                          'tids': tids}
+                self._task_frame[tid] = (frame, i)
+                frame.open.add(tid)
+            self._frames[job.frame_id] = frame
 
     def _take_jobs(self, gen: int
                    ) -> Optional[List[Tuple[FrameJob, Optional[torch.Tensor]]]]:
@@ -861,6 +876,7 @@ class Executor:
             if not self._running or gen != self._generation:
                 return None
             if not self._inbox and not self._tasks:
+                self._wake_delivery()     # the last cycle's outcomes (see ``_work``)
                 self._cond.wait(0.1)
                 if not self._running or gen != self._generation:
                     return None
@@ -888,7 +904,7 @@ class Executor:
             if jobs is None:
                 return
             t0, c0 = time.perf_counter(), time.thread_time()
-            inside, inside_cpu, wait = 0.0, 0.0, None
+            inside, inside_cpu, wait, run = 0.0, 0.0, None, None
             t_admit = t_decide = t0
             self._t_exit = self._t_emit = 0.0
             e_admit = e_decide = 0.0
@@ -916,7 +932,10 @@ class Executor:
                         self._drop(tid, ERROR, now)
             finally:
                 self._emit_deferred()
-                self._wake_delivery()
+                # The outcomes of a stage go out with the next stage (woken above, once
+                # per cycle: a wake-up here too cost ~7 us per cycle), or before waiting.
+                if wait is not None or not run:
+                    self._wake_delivery()
             if worked:
                 with self._health_lock:
                     self._cycles.append((time.perf_counter() - t0, inside,
@@ -1014,17 +1033,19 @@ class Executor:
         Called by the worker only, inside its ``torch.inference_mode``.
         """
         with self._lock:
-            tids = [t for t in tids if t in self._tasks]   # the watcher may have published
+            tasks = self._tasks
+            tids = [t for t in tids if t in tasks]   # the watcher may have published
             if not tids:
                 return 0.0, 0.0
-            stage = self._tasks[tids[0]].stages_done + 1
+            stage = tasks[tids[0]].stages_done + 1
             if stage > self.max_depth:      # disabled since the decision
                 now = self.clock()
                 for t in tids:
                     self._end_failed(t, now)
                 return 0.0, 0.0
-            shape = self._state[tids[0]].shape
-            tids = [t for t in tids if self._state[t].shape == shape]   # batch like with like
+            if len(tids) > 1:
+                shape = self._state[tids[0]].shape
+                tids = [t for t in tids if self._state[t].shape == shape]   # like with like
             planned_end = None
             if self.policy.anytime:
                 tids, planned_end = self._still_in_time(stage, tids)
@@ -1036,40 +1057,65 @@ class Executor:
             if link is not None:
                 link.stage_start(started, tids, stage)   # the planner plans meanwhile
         t0 = time.perf_counter()
-        timer = StageTimer(self.device)
+        if self._cpu:
+            # Timed inline on the CPU (a StageTimer per run cost a few microseconds).
+            timer = None
+            seconds = cpu_seconds = 0.0
+            c0 = time.thread_time()
+        else:
+            timer = StageTimer(self.device)
         try:
             x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
-            with timer:
-                state, logits = self.net.run_stage(stage, x)
-            t_exit = time.perf_counter()
+            if timer is None:
+                s0 = time.perf_counter()
+                try:
+                    state, logits = self.net.run_stage(stage, x)
+                finally:
+                    t_exit = time.perf_counter()
+                    seconds = t_exit - s0
+                    cpu_seconds = time.thread_time() - c0
+            else:
+                with timer:
+                    state, logits = self.net.run_stage(stage, x)
+                seconds, cpu_seconds = timer.seconds, timer.cpu_seconds
+                t_exit = time.perf_counter()
             conf, pred, finite = self._exit(logits, stage)
-            self._t_exit += time.perf_counter() - t_exit
+            end = time.perf_counter()
+            self._t_exit += end - t_exit
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
-            dispatch = time.perf_counter() - t0
+            dispatch = end - t0
             if planned_end is not None:
                 self._note_overrun(self.clock() - planned_end)
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
+            if timer is not None:
+                seconds, cpu_seconds = timer.seconds, timer.cpu_seconds
             if isinstance(e, torch.cuda.OutOfMemoryError) and self.device.type == 'cuda':
                 torch.cuda.empty_cache()
-            self._stage_ran(stage, len(tids), timer.seconds, failed=True, error=e)
+            self._stage_ran(stage, len(tids), seconds, failed=True, error=e)
             with self._lock:
                 now = self.clock()
                 for t in tids:
                     if t in self._tasks:
                         self._end_failed(t, now)
-            return timer.seconds or (time.perf_counter() - t0), timer.cpu_seconds
-        self.stage_s.append(timer.seconds)
-        self.times.observe(stage, len(tids), max(dispatch, timer.seconds), time.monotonic())
-        bad = len(finite) - int(sum(finite))
-        self._stage_ran(stage, len(tids), timer.seconds, failed=bad > 0,
-                        error=f'non-finite output for {bad} of {len(tids)} input(s)')
+            return seconds or (time.perf_counter() - t0), cpu_seconds
+        self.stage_s.append(seconds)
+        n = len(tids)
+        mono = time.monotonic()
+        self.times.observe(stage, n, max(dispatch, seconds), mono)
+        bad = n - sum(finite) if n > 1 else (0 if finite[0] else 1)
+        if bad:
+            self._stage_ran(stage, n, seconds, failed=True,
+                            error=f'non-finite output for {bad} of {n} input(s)', mono=mono)
+        else:
+            self._stage_ran(stage, n, seconds, failed=False, error=None, mono=mono)
         with self._lock:
             link = self._link
             ended = self._ended = []
-            rows = state.split(1) if len(tids) > 1 else (state,)
+            rows = state.split(1) if n > 1 else (state,)
+            tasks, margin = self._tasks, self.publish_margin
             for i, tid in enumerate(tids):
-                task = self._tasks.get(tid)
+                task = tasks.get(tid)
                 if task is None:      # published at its deadline while the stage ran
                     continue
                 if not finite[i]:     # never published: answer from the exit before
@@ -1082,16 +1128,16 @@ class Executor:
                     link.stage_done(tid, stage, c)
                     ended.append(tid)
                 if stage == 1:
-                    heapq.heappush(self._due, (task.deadline - self.publish_margin, tid))
+                    heapq.heappush(self._due, (task.deadline - margin, tid))
                 self._state[tid] = rows[i]
                 # Class and confidence; the CropResult is made when the task is published
                 # (at its depth then: ``stages_done``), not after every stage.
                 self._result[tid] = (int(pred[i]), c)
                 now = self.clock()
-                if task.complete or now >= task.deadline - self.publish_margin:
+                if task.stages_done >= task.num_stages or now >= task.deadline - margin:
                     # done, or due: publish what it has now
                     self._finish(tid, now, 'stage', started)
-        return timer.seconds, timer.cpu_seconds
+        return seconds, cpu_seconds
 
     def _exit(self, logits: torch.Tensor, stage: int
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1195,15 +1241,19 @@ class Executor:
 
     # -- faults ---------------------------------------------------------------------------
     def _stage_ran(self, stage: int, batch: int, seconds: float, failed: bool,
-                   error: Any) -> None:
+                   error: Any, mono: Optional[float] = None) -> None:
         """Record a stage run for health: its slowdown, and whether it failed."""
-        mono = time.monotonic()
+        if mono is None:
+            mono = time.monotonic()
         disable = False
         with self._health_lock:
             if seconds > 0:
-                self._stage_ratio[stage].append(
-                    (mono, seconds / self.times.calibrated(stage, batch)[0]))
-                self._log_stall(mono)
+                p50 = self._p50.get((stage, batch))
+                if p50 is None:     # the calibration does not change: looked up once
+                    p50 = self._p50[(stage, batch)] = self.times.calibrated(stage, batch)[0]
+                self._stage_ratio[stage].append((mono, seconds / p50))
+                if mono - self._stall_checked >= 0.5:
+                    self._log_stall(mono)
             if not failed:
                 self._fail_streak[stage] = 0
                 return
@@ -1250,54 +1300,55 @@ class Executor:
             self._drop(tid, ERROR, now)
 
     # -- outcomes -------------------------------------------------------------------------
-    def _close(self, tid: int) -> Optional[dict]:
+    def _close(self, tid: int) -> Tuple[_Frame, int]:
+        """Forget a task; return its frame and its crop's index there."""
         self._tasks.pop(tid, None)
         if self._link is not None:
             self._link.removed(tid)
-        self._guard_of.pop(tid, None)
+        if self._guard_of:
+            self._guard_of.pop(tid, None)
         self._state.pop(tid, None)
-        fid = self._task_frame.pop(tid)
-        frame = self._frames[fid]
-        frame['open'].discard(tid)
-        return frame
+        frame, i = self._task_frame.pop(tid)
+        frame.open.discard(tid)
+        return frame, i
 
     def _finish(self, tid: int, now: float, where: str = 'other',
                 started: float = float('nan')) -> None:
         task = self._tasks[tid]
         # Judged against the frame's deadline: the task's own is earlier by its guard.
         deadline = task.deadline + self._guard_of.get(tid, 0.0)
-        frame = self._close(tid)
+        frame, i = self._close(tid)
         res = self._result.pop(tid, None)
         if res is not None:
             pred, conf = res
-            frame['results'].append(CropResult(
-                pred, self.classes[pred], conf, task.stages_done, self.net.num_stages,
-                self.policy.expected_accuracy(task),
-                frame['rois'][frame['tids'].index(tid)]))
+            frame.results.append(CropResult(
+                pred, self.classes[pred], conf, task.stages_done, self._net_stages,
+                self.policy.expected_accuracy(task), frame.rois[i]))
         if now > deadline:
-            frame['late'] = True
+            frame.late = True
             self._late_causes[where] = self._late_causes.get(where, 0) + 1
             self._late_recent.append((where, task.stages_done, now - deadline,
                                       started - deadline))
-        self._maybe_emit(frame, now)
+        if not frame.open:
+            self._emit_frame(frame, now)
 
     def _drop(self, tid: int, reason: str, now: float, defer: bool = False) -> None:
-        frame = self._close(tid)
+        frame, _ = self._close(tid)
         self._result.pop(tid, None)
-        frame['reasons'].append(reason)
-        self._maybe_emit(frame, now, defer)
+        frame.reasons.append(reason)
+        if not frame.open:
+            self._emit_frame(frame, now, defer)
 
-    def _maybe_emit(self, frame: dict, now: float, defer: bool = False) -> None:
-        if frame['open']:
-            return
-        job = frame['job']
+    def _emit_frame(self, frame: _Frame, now: float, defer: bool = False) -> None:
+        """Emit the one outcome of a frame whose tasks are all closed."""
+        job = frame.job
         del self._frames[job.frame_id]
-        if frame['results']:
-            outcome = LATE if frame['late'] else ON_TIME
+        if frame.results:
+            outcome = LATE if frame.late else ON_TIME
             reason = ''
         else:
-            outcome, reason = DROPPED, frame['reasons'][0] if frame['reasons'] else ERROR
-        out = FrameOutcome(job, outcome, reason, frame['results'], now)
+            outcome, reason = DROPPED, frame.reasons[0] if frame.reasons else ERROR
+        out = FrameOutcome(job, outcome, reason, frame.results, now)
         if defer and outcome == DROPPED:
             # The worker's drops go out after the stage it decides to run: publishing them
             # first delayed that stage past the deadlines it was planned for.
@@ -1316,15 +1367,16 @@ class Executor:
 
     def _emit(self, outcome: FrameOutcome) -> None:
         """Deliver one outcome: queued from the worker and the watcher, else called here."""
-        if self._delivering and threading.get_ident() in self._queue_from:
+        me = threading.get_ident()
+        if self._delivering and me in self._queue_from:
             t0 = time.perf_counter()
             self._outbox.append(outcome)
             if not self._delivering:
                 # stop() drained the queue meanwhile: what is left is delivered here.
                 self._flush_outbox()
-            # The delivery thread is woken once per phase (``_wake_delivery``), not per
+            # The delivery thread is woken once per cycle (``_wake_delivery``), not per
             # outcome: at overload a wake-up per outcome made a thread switch per outcome.
-            if threading.get_ident() == self._worker_ident:   # the worker's figures
+            if me == self._worker_ident:   # the worker's figures
                 self._t_emit += time.perf_counter() - t0
             return
         self._call(outcome)
