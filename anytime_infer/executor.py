@@ -352,6 +352,7 @@ class Executor:
         self._overrun: Deque[Tuple[float, float]] = deque(maxlen=4000)
         self.guard_s = 0.0
         self._guard_at = -1e9
+        self._aged_at = -math.inf         # when the worker last aged the stage times
         self._guard_of: Dict[int, float] = {}   # per task: its deadline = the frame's - this
 
     # -- public ---------------------------------------------------------------------------
@@ -954,7 +955,12 @@ class Executor:
         else was done, how long to idle (s) before deciding again.
         """
         with self._lock:
-            self.times.age(time.monotonic())
+            mono = time.monotonic()
+            # ``age`` does its work at most every memory_s / 50 and the worker is its only
+            # caller: the same gate here saves the call at most boundaries.
+            if mono - self._aged_at >= self.times.memory_s / 50:
+                self._aged_at = mono
+                self.times.age(mono)
             now = self.clock()
             if self.policy.anytime:
                 self._publish_due(now, 'worker')
@@ -1207,6 +1213,11 @@ class Executor:
         depth (the watcher would publish it while that stage runs, the stage wasted).
         """
         now = self.clock()
+        if len(tids) == 1:      # the common case: one task, in time
+            task = self._tasks[tids[0]]
+            end = now + self.times.plan(stage, 1)
+            if end <= task.deadline - (self.publish_margin if task.stages_done else 0.0):
+                return tids, end
         keep = list(tids)
         while keep:
             end = now + self.times.plan(stage, len(keep))
