@@ -873,6 +873,8 @@ class Executor:
     def _take_jobs(self, gen: int
                    ) -> Optional[List[Tuple[FrameJob, Optional[torch.Tensor]]]]:
         """Take the new frames (maybe none); wait a while when there is nothing to do."""
+        if not self._inbox and self._tasks and self._running and gen == self._generation:
+            return []       # between two stages, nothing new: no lock taken
         with self._cond:
             if not self._running or gen != self._generation:
                 return None
