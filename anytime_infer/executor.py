@@ -923,9 +923,6 @@ class Executor:
                     t_decide = time.perf_counter()
                     e_decide = self._t_emit
                     if run:
-                        # The decision's finishes go out while the stage runs (torch
-                        # releases the GIL in its kernels: the other core delivers them).
-                        self._wake_delivery()
                         inside, inside_cpu = self._run_stage(run)
             except Exception:  # noqa: B902 - the worker must go on; the tasks end as errors
                 log.exception('scheduler step failed; dropping the tasks in flight')
@@ -935,9 +932,10 @@ class Executor:
                         self._drop(tid, ERROR, now)
             finally:
                 self._emit_deferred()
-                # The outcomes of a stage go out with the next stage (woken above, once
-                # per cycle: a wake-up here too cost ~7 us per cycle), or before waiting.
-                if wait is not None or not run:
+                # The outcomes of a stage go out with the next stage (``_run_stage``
+                # wakes the delivery thread once per cycle: a wake-up here too cost ~7 us
+                # per cycle), or here when no stage ran, or before waiting.
+                if wait is not None or not inside:
                     self._wake_delivery()
             if worked:
                 with self._health_lock:
@@ -1069,12 +1067,17 @@ class Executor:
             # Timed inline on the CPU (a StageTimer per run cost a few microseconds).
             timer = None
             seconds = cpu_seconds = 0.0
-            c0 = time.thread_time()
         else:
             timer = StageTimer(self.device)
         try:
             x = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
+            # Outcomes so far go out while the stage runs: torch releases the GIL in its
+            # kernels and the other core delivers them. Woken after the batch is made, not
+            # before: the woken thread took the GIL at torch.cat's release and the worker
+            # waited for it there (16 us per stage run at 2x, counted as overhead).
+            self._wake_delivery()
             if timer is None:
+                c0 = time.thread_time()
                 s0 = time.perf_counter()
                 try:
                     state, logits = self.net.run_stage(stage, x)
