@@ -414,7 +414,7 @@ class Executor:
         after a stage). A frame that fails here is converted again by the worker, which
         drops it with reason ``error`` if it fails there too.
         """
-        x = self._prepare(job.inputs) if self._cpu else None
+        x = self._prepare(job.inputs) if self._cpu and self._running else None
         with self._cond:
             job.frame_id = next(self._frame_ids)
             accept = self._running and self.pending() < self.max_pending
