@@ -50,7 +50,8 @@ class Policy:
             return 0.0
         conf = task.last_confidence
         acc = self.profile.exit_accuracy[task.stages_done - 1]
-        return float(conf) if conf is not None and np.isfinite(conf) else acc
+        # math.isfinite: np.isfinite on a float cost ~5 us per published result.
+        return float(conf) if conf is not None and math.isfinite(conf) else acc
 
 
 def _edf(tasks: Sequence[Task]) -> List[Task]:

@@ -57,6 +57,7 @@ class StageTimes:
         self._scale: Dict[Tuple[int, int], float] = {}
         self._seen: Dict[Tuple[int, int], int] = {}
         self._cache: Dict[Tuple[int, int], float] = {}
+        self._cal: Dict[Tuple[int, int], Tuple[float, float]] = {}
         # Device-wide: (time or None, measured / calibrated median) of calibrated keys.
         self._ratios: Deque[Tuple[Optional[float], float]] = deque(maxlen=window)
         self._device_scale = 1.0
@@ -65,6 +66,14 @@ class StageTimes:
         self.overhead = 0.0         # the planner's own time per stage boundary (s)
 
     def _calibrated(self, stage: int, batch: int) -> Tuple[float, float]:
+        # Cached: observe() asks at every stage run (the profile does not change).
+        key = (stage, batch)
+        got = self._cal.get(key)
+        if got is None:
+            got = self._cal[key] = self._calibrated_now(stage, batch)
+        return got
+
+    def _calibrated_now(self, stage: int, batch: int) -> Tuple[float, float]:
         per_batch = self.profile.latency[stage - 1]
         if batch in per_batch:
             s = per_batch[batch]
@@ -100,7 +109,9 @@ class StageTimes:
         if not self.adapt or not seconds > 0:
             return
         key = (stage, batch)
-        q = self._measured.setdefault(key, deque(maxlen=self._window))
+        q = self._measured.get(key)
+        if q is None:
+            q = self._measured[key] = deque(maxlen=self._window)
         q.append((now, seconds))
         if batch in self.profile.latency[stage - 1]:
             self._ratios.append((now, seconds / self._calibrated(stage, batch)[0]))
