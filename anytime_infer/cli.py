@@ -235,8 +235,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             _planner_scale(model, args.out, args.scale_runs)
         return 0
     if args.policy_table:
-        from anytime_infer.policy_table import policy_markdown, policy_rows
-        rows = policy_rows(args.models.split(','), _floats(args.loads) or [1.0, 2.0, 3.0],
+        from anytime_infer.policy_table import bundled_cases, policy_markdown, policy_rows, \
+            trace_case
+        if args.trace:
+            if not args.stage_ms:
+                raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+            cases = [trace_case(args.trace, _floats(args.stage_ms), seed=args.seed)]
+        else:
+            cases = bundled_cases(args.models.split(','))
+        rows = policy_rows(cases, _floats(args.loads) or [1.0, 2.0, 3.0],
                            frames=args.frames, seed=args.seed,
                            progress=lambda r: print(f'{r["case"]} {r["load"]:g}x done',
                                                     file=sys.stderr))
@@ -301,6 +308,10 @@ def _add_bench(sub) -> None:
                    help='only which policy wins where: imprecise_dp (planner thread and '
                    'inline), free, greedy, best static, oracle at loads 1-3x (or --loads), '
                    'CPU and fast-accelerator stage times, one interleaved run')
+    p.add_argument('--trace', help='--policy-table on a trace of another model (CSV, see '
+                   '"Trace format"), instead of the bundled models; needs --stage-ms')
+    p.add_argument('--stage-ms', help='with --trace: its mean stage latencies in ms on your '
+                   'device, comma-separated')
     p.add_argument('--scale-runs', type=int, default=200,
                    help='runs per size of the planner scale benchmark')
     p.set_defaults(func=_cmd_bench)

@@ -7,16 +7,31 @@ factor, as ``checks/planner`` does), at loads 1x, 2x and 3x: ``imprecise_dp`` wi
 decisions charged (planner thread, the default) and inline (one core), the same free of
 decision cost (the bound), ``greedy``, every static depth and the oracle. The runs of one
 (case, load) follow each other, so machine load drifts affect them alike.
+
+``--trace T --stage-ms a,b,...`` runs the same table on a trace of another model (its
+stage times on the user's device): which policy to pick for a model this project has not
+seen. Each row also carries the budget bound of what confidences can buy
+(``scheduler.bounds``: the larger of its ``last`` and ``history`` figures) beside the
+oracle's; the simulated policies stay under it but for sampling noise.
 """
 from typing import Dict, List, Sequence, Tuple
 
 from anytime_infer.evaluation import bundled_source, run_policy, Source, trace_source
 
 FAST = {'fashion_mnist': 5.0, 'traffic_lights': 15.0}   # stage-time divisors (checks/planner)
-COLUMNS = ('dp (thread)', 'dp (inline)', 'dp free', 'greedy', 'best static', 'oracle')
+COLUMNS = ('dp (thread)', 'dp (inline)', 'dp free', 'greedy', 'best static', 'oracle',
+           'bound (confidences)')
 
 
-def _cases(models: Sequence[str]) -> List[Tuple[str, Source]]:
+def trace_case(path: str, stage_ms: Sequence[float], seed: int = 11) -> Tuple[str, Source]:
+    """Return the case of a trace from elsewhere at the given mean stage times (ms)."""
+    import os
+    ms = ', '.join(f'{m:g}' for m in stage_ms)
+    return f'{os.path.basename(path)}, stage times {ms} ms', trace_source(path, stage_ms, seed)
+
+
+def bundled_cases(models: Sequence[str]) -> List[Tuple[str, Source]]:
+    """Return each bundled model's cases: CPU stage times, and fast ones (``FAST``)."""
     import os
     from anytime_infer.evaluation import TRACE_FILE
     from anytime_infer.model.store import resolve_model_dir
@@ -33,14 +48,16 @@ def _cases(models: Sequence[str]) -> List[Tuple[str, Source]]:
     return out
 
 
-def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
+def policy_rows(cases: Sequence[Tuple[str, Source]], loads: Sequence[float] = (1.0, 2.0, 3.0),
                 frames: int = 2000, seed: int = 11, progress=None) -> List[Dict]:
     """Return one row per (case, load): every column's accuracy, misses, decision times."""
     import time
+    from anytime_infer.scheduler.bounds import budget_bound, HISTORY_BINS
     from anytime_infer.scheduler.planner import choose_planner
     rows = []
-    for label, src in _cases(models):
+    for label, src in cases:
         n = src.profile.num_stages
+        stage_s = [src.profile.stage_mean(k) for k in range(1, n + 1)]
         auto, ratio = choose_planner(src.profile, time.thread_time)
         for load in loads:
             kw = {'frames': frames, 'seed': seed}
@@ -56,6 +73,10 @@ def policy_rows(models: Sequence[str], loads: Sequence[float] = (1.0, 2.0, 3.0),
                    'dp free': free['accuracy'], 'greedy': greedy['accuracy'],
                    'best static': static['accuracy'], 'static depth': static['policy'],
                    'oracle': oracle['accuracy'], 'oracle run': oracle.get('oracle_source'),
+                   'bound (confidences)': max(
+                       budget_bound(src.trace, stage_s, load, 'last').accuracy,
+                       budget_bound(src.trace, stage_s, load, 'history',
+                                    HISTORY_BINS).accuracy),
                    'dp miss': thread['miss_rate'],
                    'dp boundary ms p50': thread['decision_ms_p50'],
                    'inline decision ms p50': inline['decision_ms_p50'],
