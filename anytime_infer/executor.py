@@ -28,10 +28,10 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from anytime_infer.model.data import Preprocess, to_tensor_batch
-from anytime_infer.scheduler.planner import choose_planner, OffPathPlanner
+from anytime_infer.scheduler.planner import choose_planner, InlineLink, OffPathPlanner
 from anytime_infer.scheduler.policies import make_policy, Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import ERROR, INFEASIBLE, QUEUE_FULL, SHUTDOWN, Task
@@ -275,7 +275,7 @@ class Executor:
         self._policy_args: Tuple[str, Optional[int]] = (policy, depth)
         self.planner_requested = planner
         self._auto_choice: Optional[Tuple[str, float]] = None
-        self._link: Optional[OffPathPlanner] = None   # thread mode: the worker's end
+        self._link: Optional[Union[OffPathPlanner, InlineLink]] = None   # the worker's end
         self._ended: List[int] = []                    # the tasks of the stage just run
         self._planner: Optional[threading.Thread] = None
         self.planner_s: Deque[float] = deque(maxlen=4000)   # planner thread, per plan
@@ -726,9 +726,10 @@ class Executor:
         """
         Make the worker's end of a new planner link for the policy (lock held).
 
-        In thread mode with a contingent policy only; the tasks in flight are posted to it
-        as arrivals (with their progress), so its planner sees them. The counts of the
-        link it replaces are kept for ``stats``.
+        In thread mode an ``OffPathPlanner`` (a contingent policy only); inline, for the
+        compiled DP, an ``InlineLink`` that keeps the tasks as arrays. The tasks in flight
+        are posted to it as arrivals (with their progress). The counts of the link it
+        replaces are kept for ``stats``.
         """
         old = self._link
         if old is not None:
@@ -736,9 +737,14 @@ class Executor:
                 if isinstance(n, int):
                     self._lookups[key] = self._lookups.get(key, 0) + n
         self._link = None
-        if self.planner_mode != 'thread':
+        if self.planner_mode == 'thread':
+            link = OffPathPlanner(self.policy)
+        elif getattr(self.policy, '_arrays', False) and hasattr(self.policy, 'decide_slots'):
+            # Inline with the compiled DP: the link keeps the pending tasks as arrays, so a
+            # decision does not read every task (~40 at 2x) at every boundary.
+            link = InlineLink(self.policy)
+        else:
             return
-        link = OffPathPlanner(self.policy)
         for task in sorted(self._tasks.values(), key=lambda t: (t.deadline, t.task_id)):
             link.arrived(task)
         self._link = link

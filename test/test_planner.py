@@ -5,7 +5,7 @@ from typing import Dict
 
 from anytime_infer.scheduler import make_policy, Task
 from anytime_infer.scheduler.planner import contingent_entry, expected_time, heap_smallest, \
-    OffPathPlanner
+    InlineLink, OffPathPlanner
 from anytime_infer.scheduler.policies import ImpreciseDP
 from anytime_infer.scheduler.simulator import make_streams, simulate
 from anytime_infer.scheduler.timing import StageTimes
@@ -318,10 +318,26 @@ def test_the_compiled_inline_decision_is_the_reference_decision(flat, lazy, batc
                                batching=batching)
         ref = fresh()._decide_py(now, tasks)
         got = fresh()._decide_arrays(now, tasks)
-        assert got.run == ref.run
-        assert sorted(got.finish) == sorted(ref.finish)
-        assert sorted(got.drop) == sorted(ref.drop)
-        assert got.planned_depth == ref.planned_depth
+        # The inline link: slot arrays written as the worker posts (arrivals with less
+        # progress, exits after, tasks removed in between so that slots are reused).
+        link = InlineLink(fresh())
+        for t in tasks:
+            early = Task(t.task_id, t.stream, t.arrival, t.deadline, t.num_stages, t.weight)
+            link.arrived(early)
+            gone = Task(1000 + t.task_id, 0, 0.0, 0.001, 4)
+            link.arrived(gone)
+            if rng.random() < 0.5:
+                link.removed(gone.task_id)
+            for k, c in enumerate(t.confidences, start=1):
+                link.stage_done(t.task_id, k, c)
+        for t in tasks:
+            link.removed(1000 + t.task_id)
+        slots = link.decide(now, {t.task_id: t for t in tasks})
+        for d in (got, slots):
+            assert d.run == ref.run
+            assert sorted(d.finish) == sorted(ref.finish)
+            assert sorted(d.drop) == sorted(ref.drop)
+            assert d.planned_depth == ref.planned_depth
         kinds.add((bool(ref.run), bool(ref.finish), bool(ref.drop), len(ref.run) > 1))
     assert len(kinds) >= 3
     assert any(k[3] for k in kinds) == batching        # batches were compared too

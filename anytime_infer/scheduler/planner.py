@@ -536,6 +536,55 @@ class BoundaryStats:
     extra: Dict[str, int] = field(default_factory=dict)
 
 
+class InlineLink:
+    """
+    The worker's end for a DP that decides inline, on slot arrays it keeps (one core).
+
+    The same calls as ``OffPathPlanner``'s worker side, so that the executor keeps one
+    path: arrivals, exits and removals are written to a ``Mirror`` as they happen, and
+    ``decide`` runs the policy's compiled decision on its arrays
+    (``ImpreciseDP.decide_slots``) instead of reading every pending task at every
+    boundary. No planner thread; ``stage_start`` and ``wait_for_stage`` do nothing.
+    """
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.stats = BoundaryStats()
+        self._mirror = Mirror()
+
+    def arrived(self, task: Task) -> None:
+        """Take an admitted task (with its progress)."""
+        self._mirror.add(task, task.stages_done, task.confidences)
+
+    def removed(self, task_id: int) -> None:
+        """Forget a published or dropped task."""
+        self._mirror.remove(task_id)
+
+    def stage_done(self, task_id: int, stage: int, conf: float) -> None:
+        """Record exit ``stage`` of a task."""
+        self._mirror.stage_done(task_id, stage, conf)
+
+    def stage_start(self, now: float, run: Sequence[int], stage: int) -> int:
+        """Nothing to plan meanwhile (returns 0)."""
+        return 0
+
+    def wait_for_stage(self, timeout: float) -> None:
+        """No planner thread waits on this link: sleep, return None."""
+        time.sleep(timeout)
+
+    def decide(self, now: float, tasks: Mapping[int, Task],
+               ended: Sequence[int] = ()) -> Decision:
+        """Decide with everything known, on the kept arrays."""
+        self.stats.boundaries += 1
+        m = self._mirror
+        # The whole arrays (C-contiguous, as the kernel is compiled for): slots past
+        # ``size`` are zero, that is free.
+        return self.policy.decide_slots(now, m.f, m.i, tasks)
+
+    def boundary_time(self, seconds: float) -> None:
+        """Nothing: the policy times its own decisions."""
+
+
 class OffPathPlanner:
     """
     The worker's and the planner's ends of one policy (see the module docstring).

@@ -8,7 +8,7 @@ deepest completed exit; the plain-detector baselines publish only at their fixed
 """
 import math
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from anytime_infer.scheduler.dp import INF, TaskOptions
 from anytime_infer.scheduler.dpkernel import inline_plan, pack, plan_window
@@ -338,27 +338,47 @@ class ImpreciseDP(Policy):
         done = [t.stages_done for t in tasks]
         i = np.array(([t.task_id for t in tasks], done, [t.num_stages for t in tasks],
                       [0] * len(tasks), [1] * len(tasks)), dtype=np.int64)
+        d = self._decide_on(now, f.reshape(5, len(tasks)), i.reshape(5, len(tasks)),
+                            tasks.__getitem__)
+        self._note_decision_time(self.clock() - t0)
+        return d
+
+    def decide_slots(self, now: float, f: np.ndarray, i: np.ndarray,
+                     tasks: Mapping[int, Task]) -> Decision:
+        """
+        Decide as ``decide`` on slot arrays kept up to date by the caller (``InlineLink``).
+
+        ``f``/``i`` in the layout of ``planner.Mirror`` (a slot whose ``i[4]`` is 0 is
+        free); ``tasks``: the pending tasks by id, for what the decision returns. Saves
+        reading every pending task at every decision.
+        """
+        t0 = self.clock()
+        ids = i[0]
+        d = self._decide_on(now, f, i, lambda s: tasks[int(ids[s])])
+        self._note_decision_time(self.clock() - t0)
+        return d
+
+    def _decide_on(self, now: float, f: np.ndarray, i: np.ndarray,
+                   task_of: Callable[[int], Task]) -> Decision:
+        """Run ``inline_plan`` on the arrays; make the decision (slot s is ``task_of(s)``)."""
         u = self.utility
         mean, cond, edges, nbins = u.tables()
         dropped, lazy, chosen, order, depths, slack = inline_plan(
-            now + self._decision_s, f.reshape(5, len(tasks)), i.reshape(5, len(tasks)),
-            plan_times(self.times, self.n), self.quantum, self.horizon, self.lazy, u.flat,
-            mean, cond, edges, nbins)
+            now + self._decision_s, f, i, plan_times(self.times, self.n), self.quantum,
+            self.horizon, self.lazy, u.flat, mean, cond, edges, nbins)
         self.min_slack = float(slack)
         d = Decision()
-        d.drop = [(tasks[s].task_id, INFEASIBLE) for s in dropped.tolist()]
+        d.drop = [(task_of(s).task_id, INFEASIBLE) for s in dropped.tolist()]
         runnable: List[Task] = []
         if lazy:
-            picked = [tasks[s] for s in chosen.tolist()]
+            picked = [task_of(s) for s in chosen.tolist()]
             d.planned_depth = {t.task_id: 1 for t in picked if t.stages_done == 0}
             runnable = [t for t in picked if t.stages_done == 0]
         else:
             want = depths[0].tolist()
-            d.planned_depth = depth = {tasks[s].task_id: w
-                                       for s, w in zip(order.tolist(), want)}
-            for s in order.tolist():
-                t = tasks[s]
-                w = depth[t.task_id]
+            picked = [task_of(s) for s in order.tolist()]
+            d.planned_depth = {t.task_id: w for t, w in zip(picked, want)}
+            for t, w in zip(picked, want):
                 if t.stages_done >= 1 and (w <= t.stages_done or t.complete):
                     d.finish.append(t.task_id)
                 elif w > t.stages_done:
@@ -368,7 +388,6 @@ class ImpreciseDP(Policy):
             d.run = [first.task_id]
             if self.batching:
                 d.run += self._batch_mates(now, first, runnable, ordered=True)
-        self._note_decision_time(self.clock() - t0)
         return d
 
     def _decide_py(self, now: float, tasks: Sequence[Task]) -> Decision:
