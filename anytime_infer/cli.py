@@ -82,11 +82,15 @@ def _add_trace(sub) -> None:
     p.set_defaults(func=_cmd_trace)
 
 
+def _need_stage_ms(args: argparse.Namespace) -> None:
+    if not args.stage_ms:
+        raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+
+
 def _source(args: argparse.Namespace):
     from anytime_infer.evaluation import bundled_source, trace_source
     if args.trace:
-        if not args.stage_ms:
-            raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+        _need_stage_ms(args)
         return trace_source(args.trace, [float(x) for x in args.stage_ms.split(',')],
                             seed=args.seed)
     return bundled_source(args.model)
@@ -169,8 +173,7 @@ def _cmd_bound(args: argparse.Namespace) -> int:
     from anytime_infer.scheduler.bounds import all_bounds, bound_table
     from anytime_infer.scheduler.traces import read_trace
     if args.trace:
-        if not args.stage_ms:
-            raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+        _need_stage_ms(args)
         trace, name = read_trace(args.trace), args.trace
     else:
         from anytime_infer.evaluation import bundled_source
@@ -238,8 +241,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from anytime_infer.policy_table import bundled_cases, policy_markdown, policy_rows, \
             trace_case
         if args.trace:
-            if not args.stage_ms:
-                raise ValueError('--trace needs --stage-ms a,b,c,... (mean stage latencies)')
+            _need_stage_ms(args)
             cases = [trace_case(args.trace, _floats(args.stage_ms), seed=args.seed)]
         else:
             cases = bundled_cases(args.models.split(','))

@@ -28,7 +28,7 @@ figure says how much of the clairvoyant's accuracy the information can buy at al
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
-from anytime_infer.scheduler.traces import conditional_edges, Trace
+from anytime_infer.scheduler.traces import confidence_bins, Trace
 import numpy as np
 
 KINDS = ('oracle', 'last', 'history')
@@ -60,9 +60,7 @@ def information_groups(trace: Trace, kind: str, bins: int = 10) -> np.ndarray:
         return np.tile(np.arange(n)[:, None], (1, n_exits))
     b = np.empty((n, n_exits), dtype=np.int64)
     for k in range(n_exits):
-        c = np.nan_to_num(trace.confidence[:, k], nan=0.0)
-        edges = conditional_edges(c, bins)
-        b[:, k] = np.clip(np.searchsorted(edges, c, side='right') - 1, 0, len(edges) - 2)
+        b[:, k] = confidence_bins(np.nan_to_num(trace.confidence[:, k], nan=0.0), bins)[1]
     if kind == 'last':
         return b
     groups = np.empty_like(b)

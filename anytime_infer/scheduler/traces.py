@@ -116,8 +116,7 @@ def tables_from_trace(trace: Trace, bins: int = 10):
     edges_all, cond_all = [], []
     for k in range(n_exits):
         c = np.nan_to_num(conf[:, k], nan=0.0)
-        edges = conditional_edges(c, bins)
-        b = np.clip(np.searchsorted(edges, c, side='right') - 1, 0, len(edges) - 2)
+        edges, b = confidence_bins(c, bins)
         per_l = []
         for lvl in range(n_exits):
             if lvl < k:
@@ -127,6 +126,12 @@ def tables_from_trace(trace: Trace, bins: int = 10):
         edges_all.append([float(e) for e in edges])
         cond_all.append(per_l)
     return [float(a) for a in acc], edges_all, cond_all
+
+
+def confidence_bins(conf: np.ndarray, bins: int):
+    """Return (equal-mass edges, each confidence's bin index) of one exit's confidences."""
+    edges = conditional_edges(conf, bins)
+    return edges, np.clip(np.searchsorted(edges, conf, side='right') - 1, 0, len(edges) - 2)
 
 
 def conditional_edges(conf: np.ndarray, bins: int) -> np.ndarray:
