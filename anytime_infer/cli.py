@@ -209,7 +209,8 @@ def _add_bound(sub) -> None:
                    "the bundled model's profile)")
     p.add_argument('--loads', default='1,2,3', help='loads, comma-separated (%(default)s)')
     p.add_argument('--bins', type=int, default=10,
-                   help='confidence bins of the last-exit information (%(default)s)')
+                   help='confidence bins per exit (%(default)s); a history group is '
+                   'split by an exit only into parts of >= 30 frames')
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.set_defaults(func=_cmd_bound)
 

@@ -12,8 +12,12 @@ What the policy knows after exit k (its *group*):
 
 - ``oracle``: the frame itself (clairvoyant: which exits are correct);
 - ``history``: the bins of exits 1..k together, everything confidences can tell (fewer
-  bins per exit, ``HISTORY_BINS``: with ten, most groups after exit 3 hold a frame or two
-  and the figure creeps toward the oracle's by memorising frames);
+  bins per exit, ``HISTORY_BINS``), where the groups that split keep at least
+  ``MIN_GROUP`` frames each (the rarer parts of a history are pooled: see
+  ``history_groups``). Without that floor the groups of a trace with many exits hold a
+  frame or two and the figure creeps toward the oracle's by memorising frames (a
+  synthetic 6-exit trace of 3000 frames, 5 bins: 1382 groups after exit 5, 0.887 at 1x
+  against 0.824 for the last bin; 0.840 with 3 bins);
 - ``last``: the bin of exit k's confidence only, with each bin's expected values taken
   over all frames, as ``imprecise_dp``'s tables are. This information is not nested (exit
   k + 1's bin forgets exit k's), so the pass gives the DP-like policy, not the optimum
@@ -32,7 +36,8 @@ from anytime_infer.scheduler.traces import confidence_bins, Trace
 import numpy as np
 
 KINDS = ('oracle', 'last', 'history')
-HISTORY_BINS = 5
+HISTORY_BINS = 10
+MIN_GROUP = 30       # frames a history group must keep to be refined by the next exit
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,13 @@ class BudgetBound:
     mean_depth: float
 
 
-def information_groups(trace: Trace, kind: str, bins: int = 10) -> np.ndarray:
+def information_groups(trace: Trace, kind: str, bins: int = 10,
+                       min_group: int = MIN_GROUP) -> np.ndarray:
     """
     Return (samples x exits) group ids: what a policy knows of each frame after each exit.
 
-    Bins are equal-mass over each exit's confidences (as the profile's tables are).
+    Bins are equal-mass over each exit's confidences (as the profile's tables are);
+    ``min_group``: see ``history`` in the module docstring.
     """
     if kind not in KINDS:
         raise ValueError(f'unknown information {kind!r}; choose from {", ".join(KINDS)}')
@@ -63,11 +70,39 @@ def information_groups(trace: Trace, kind: str, bins: int = 10) -> np.ndarray:
         b[:, k] = confidence_bins(np.nan_to_num(trace.confidence[:, k], nan=0.0), bins)[1]
     if kind == 'last':
         return b
+    return history_groups(b, bins, min_group)
+
+
+def history_groups(b: np.ndarray, bins: int, min_group: int) -> np.ndarray:
+    """
+    Return the history groups of per-exit bins ``b`` (samples x exits), floor applied.
+
+    After each exit a group splits by that exit's bin; the parts below ``min_group``
+    frames are pooled into one part of the same group, and that pool, if still below
+    the floor, joins the group's largest part. So the information stays nested (every
+    group is a union of parts of one earlier group) and no group that a split made is
+    smaller than the floor.
+    """
     groups = np.empty_like(b)
-    acc = np.zeros(n, dtype=np.int64)
-    for k in range(n_exits):
+    acc = np.zeros(len(b), dtype=np.int64)
+    for k in range(b.shape[1]):
         # Renumber after each exit so that ids stay small (bins ** k would overflow).
-        _, acc = np.unique(acc * (bins + 1) + b[:, k], return_inverse=True)
+        _, child = np.unique(acc * (bins + 1) + b[:, k], return_inverse=True)
+        child = child.reshape(-1)
+        count = np.bincount(child)
+        parent = np.zeros(len(count), dtype=np.int64)
+        parent[child] = acc
+        target = np.arange(len(count))
+        pools: dict = {}
+        for c in np.flatnonzero(count < min_group):
+            pools.setdefault(int(parent[c]), []).append(int(c))
+        for p, small in pools.items():
+            big = [c for c in np.flatnonzero(parent == p) if count[c] >= min_group]
+            into = small[0]
+            if count[small].sum() < min_group and big:
+                into = max(big, key=lambda c: count[c])
+            target[small] = into
+        _, acc = np.unique(target[child], return_inverse=True)
         acc = acc.reshape(-1)
         groups[:, k] = acc
     return groups
@@ -101,7 +136,7 @@ def lagrangian_policy(groups: np.ndarray, correct: np.ndarray, stage_s: Sequence
 
 
 def budget_bound(trace: Trace, stage_s: Sequence[float], load: float, kind: str,
-                 bins: int = 10) -> BudgetBound:
+                 bins: int = 10, min_group: int = MIN_GROUP) -> BudgetBound:
     """Return the best accuracy of a policy with ``kind`` information at ``load``."""
     if load <= 0:
         raise ValueError('load must be > 0')
@@ -109,7 +144,7 @@ def budget_bound(trace: Trace, stage_s: Sequence[float], load: float, kind: str,
     if len(s) != trace.num_exits or not np.all(s > 0):
         raise ValueError(f'need {trace.num_exits} positive stage times, not {list(stage_s)}')
     budget = float(s.sum()) / load
-    groups = information_groups(trace, kind, bins)
+    groups = information_groups(trace, kind, bins, min_group)
     ok = trace.correct
 
     def run(lam: float) -> Tuple[float, float, float]:
@@ -141,10 +176,9 @@ def budget_bound(trace: Trace, stage_s: Sequence[float], load: float, kind: str,
 
 
 def all_bounds(trace: Trace, stage_s: Sequence[float], loads: Sequence[float],
-               bins: int = 10):
-    """Return {load: {kind: BudgetBound}} (``history`` with ``HISTORY_BINS`` bins)."""
-    return {load: {k: budget_bound(trace, stage_s, load, k,
-                                   HISTORY_BINS if k == 'history' else bins) for k in KINDS}
+               bins: int = HISTORY_BINS):
+    """Return {load: {kind: BudgetBound}} (``last`` and ``history`` with ``bins`` bins)."""
+    return {load: {k: budget_bound(trace, stage_s, load, k, bins) for k in KINDS}
             for load in loads}
 
 
