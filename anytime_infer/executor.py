@@ -885,6 +885,7 @@ class Executor:
             if not self._running or gen != self._generation:
                 return None
             if not self._inbox and not self._tasks:
+                self.policy.note_idle(self.clock())     # out of work: its slack was real
                 self._wake_delivery()     # the last cycle's outcomes (see ``_work``)
                 self._cond.wait(0.1)
                 if not self._running or gen != self._generation:

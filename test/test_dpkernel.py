@@ -31,7 +31,7 @@ def _plan(tasks, now=0.0, reserve=INF, rows=None, deepen=False):
     f = tasks[0]
     rows = np.array([f.rewards] if rows is None else rows, dtype=float)
     return plan_window(now, reserve, 0.01, f.deadline, np.array(f.times, dtype=float), rows,
-                       *pack(tasks[1:], 4), deepen)
+                       *pack(tasks[1:], 4), 0.0 if deepen else INF)
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -89,6 +89,19 @@ def test_deepening_uses_slack_and_never_breaks_a_deadline():
         picked = _plan(tasks, deepen=True)[0]
         assert dp.is_feasible(0.0, tasks, picked[0].tolist())
         assert all(p >= q for p, q in zip(picked[0], _plan(tasks)[0][0]))   # only deeper
+
+
+def test_deepening_runs_only_where_the_plan_leaves_the_slack_asked():
+    # Depth 1 alone leaves 9 s of slack (deadline 10 s, 1 s of work).
+    t = dp.TaskOptions([1, 2, 3, 4], [0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0], 10.0)
+
+    def plan(deepen_slack):
+        return plan_window(0.0, INF, 0.01, t.deadline, np.array(t.times), np.array([t.rewards]),
+                           *pack([], 4), deepen_slack)
+    assert plan(8.9)[0][0].tolist() == [3]        # slack 9 >= 8.9: deepened
+    picked, slack, _ = plan(9.1)                  # asks more than there is: the DP's own
+    assert picked[0].tolist() == [0] and slack[0] == pytest.approx(9.0)
+    assert plan(INF)[0][0].tolist() == [0]
 
 
 def test_no_kernel_is_compiled_inside_a_decision_or_a_plan():

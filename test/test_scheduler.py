@@ -125,6 +125,39 @@ def test_light_load_goes_to_full_depth():
     assert d.planned_depth[0] == 4 and d.run == [0]
 
 
+def test_the_dp_deepens_into_slack_only_while_it_is_real():
+    """
+    Slack is spent on deeper stages after the worker ran out of work, not under overload.
+
+    Always deepening cost about a point at 2-3x (the slack the window of known frames
+    shows belongs to frames that have not arrived yet). Decisions with work for the
+    worker over DEEPEN_MEMORY full-depth times switch it to plans whose slack exceeds
+    that span; one decision with nothing to do switches it back.
+    """
+    from anytime_infer.scheduler.policies import DEEPEN_MEMORY
+    from anytime_infer.scheduler.task import Decision
+    prof = synthetic_profile()
+    pol = make_policy('imprecise_dp', prof)
+    span = DEEPEN_MEMORY * prof.full_depth_mean()
+    busy, idle = Decision(run=[1]), Decision()
+    assert pol.deepen_slack == 0.0
+    pol.note_outcome(0.0, busy)
+    pol.note_outcome(0.9 * span, busy)
+    assert pol.deepen_slack == 0.0
+    pol.note_outcome(1.1 * span, busy)
+    assert pol.deepen_slack == pytest.approx(span)
+    pol.note_outcome(1.2 * span, idle)
+    assert pol.deepen_slack == 0.0
+    # Through the simulator: sustained overload ends with deepening held back; light load
+    # (idle between frames) with it on.
+    trace = synthetic_trace()
+    for load, held in ((3.0, True), (0.5, False)):
+        pol = make_policy('imprecise_dp', prof)
+        simulate(prof, trace, pol, make_streams(prof, load), frames=600, seed=2,
+                 charge_decisions=False)
+        assert (pol.deepen_slack > 0) == held, (load, pol.deepen_slack)
+
+
 def test_nan_confidence_is_treated_as_unknown():
     prof = synthetic_profile()
     pol = make_policy('imprecise_dp', prof)

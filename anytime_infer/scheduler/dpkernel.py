@@ -103,7 +103,7 @@ def _best_level(S: np.ndarray, row: int, size: int, start: float) -> int:
 def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
                 f_times: np.ndarray, f_rewards: np.ndarray, deadlines: np.ndarray,
                 times: np.ndarray, rewards: np.ndarray, nopt: np.ndarray,
-                deepen: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                deepen_slack: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     Plan the window for every row of front rewards; return (picked, min slack, levels).
 
@@ -111,7 +111,8 @@ def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
     front's rewards are ``f_rewards[b]``; ``min_slack[b]``: the least slack left after the
     deepening pass (what batching may use); ``levels[o]``: the best reward level of the
     rest after front option o, -1 where no plan with it meets every deadline.
-    ``deepen=False`` returns the DP's own plan.
+    The deepening pass runs on a row whose plan leaves at least ``deepen_slack`` seconds
+    of slack (0: always; INF: never, the DP's own plan).
     """
     n = len(deadlines)
     nb, m0 = f_rewards.shape
@@ -178,7 +179,7 @@ def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
                     o = C[i, r]
                     picked[b, i + 1] = o
                     r -= q[i, o]
-        if not deepen:
+        if deepen_slack == INF:
             continue
         # Slack table (``_slack_table``) then one deepening pass (``_deepen``).
         clock = start
@@ -192,6 +193,9 @@ def plan_window(start: float, reserve: float, quantum: float, f_deadline: float,
             else:
                 own = deadlines[j - 1] - finish[j] if times[j - 1, picked[b, j]] > 0 else INF
             suffix[j] = own if own < suffix[j + 1] else suffix[j + 1]
+        if suffix[0] < deepen_slack:
+            slack_out[b] = suffix[0]
+            continue
         shift = 0.0
         for j in range(n + 1):
             k = picked[b, j]
@@ -311,12 +315,13 @@ def _prelude(start: float, alive: np.ndarray, done: np.ndarray, deadline: np.nda
 def _window_plan(start: float, chosen: np.ndarray, outcomes: bool, done: np.ndarray,
                  conf: np.ndarray, weight: np.ndarray, deadline: np.ndarray,
                  plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
-                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray,
+                 deepen_slack: float):
     """
     ``ImpreciseDP.plan_depths`` on slots: (order, depths per row, slack per row, levels).
 
     ``outcomes``: one row per confidence bin of the front's exit (the contingent plan),
-    else one row for the front as it is.
+    else one row for the front as it is; ``deepen_slack``: see ``plan_window``.
     """
     n = len(mean)
     p1 = plan_s[1]
@@ -371,7 +376,7 @@ def _window_plan(start: float, chosen: np.ndarray, outcomes: bool, done: np.ndar
         for o in range(m0):
             f_rew[0, o] = weight[f] * u[lo + o]
     picked, slack, level = plan_window(start, reserve, quantum, deadline[f], f_times, f_rew,
-                                       dls, times, rewards, nopt, True)
+                                       dls, times, rewards, nopt, deepen_slack)
     depths = np.empty((picked.shape[0], nw), dtype=np.int64)
     for b in range(picked.shape[0]):
         depths[b, 0] = lo + picked[b, 0]
@@ -383,7 +388,8 @@ def _window_plan(start: float, chosen: np.ndarray, outcomes: bool, done: np.ndar
 @njit(cache=True)
 def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, stage: int,
                  plan_s: np.ndarray, quantum: float, horizon: int, flat: bool,
-                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+                 mean: np.ndarray, cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray,
+                 deepen_slack: float):
     """
     Make the contingent plan of ``planner.prepare`` from slot arrays, in one call.
 
@@ -416,7 +422,7 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
         return mode, chosen, np.zeros((1, 0), dtype=np.int64), INF, 0, -INF, False
     order, depths, _, level = _window_plan(start, chosen, mode == 1, done, conf, weight,
                                            deadline, plan_s, quantum, horizon, flat, mean,
-                                           cond, edges, nbins)
+                                           cond, edges, nbins, deepen_slack)
     r, bn, last = _block(chosen, 1 if mode == 1 else 0, done, deadline, p1)
     k = done[order[0]]
     go_on = k < n and (len(level) < 2 or level[1] >= 0)
@@ -426,7 +432,8 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
 @njit(cache=True)
 def inline_plan(start: float, f: np.ndarray, i: np.ndarray, plan_s: np.ndarray,
                 quantum: float, horizon: int, lazy: bool, flat: bool, mean: np.ndarray,
-                cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray):
+                cond: np.ndarray, edges: np.ndarray, nbins: np.ndarray,
+                deepen_slack: float):
     """
     ``ImpreciseDP.plan`` on arrays of the pending tasks (one column per task).
 
@@ -446,7 +453,7 @@ def inline_plan(start: float, f: np.ndarray, i: np.ndarray, plan_s: np.ndarray,
         return dropped, True, chosen, chosen[:0], empty, mslack
     order, depths, slack, _ = _window_plan(start, chosen, False, done, f[3], f[2], f[0],
                                            plan_s, quantum, horizon, flat, mean, cond,
-                                           edges, nbins)
+                                           edges, nbins, deepen_slack)
     return dropped, False, chosen, order, depths, slack[0]
 
 
@@ -476,16 +483,17 @@ def warm_up() -> None:
     """
     one = np.zeros((1, 2))
     plan_window(0.0, INF, 0.01, 1.0, np.array([0.0, 0.1]), one, np.array([1.0]),
-                np.array([[0.1, 0.2]]), one, np.array([2], dtype=np.int64), True)
+                np.array([[0.1, 0.2]]), one, np.array([2], dtype=np.int64), 0.0)
     f = np.zeros((5, 2))
     i = np.zeros((5, 2), dtype=np.int64)
     f[0], i[4] = 1.0, 1
     prepare_plan(0.0, f, i, np.zeros(1, dtype=np.int64), 1, np.array([0.0, 0.1, 0.1]), 0.01, 6,
                  False, np.array([0.5, 0.6]), np.zeros((2, 1, 3)),
-                 np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64))
+                 np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64), 0.0)
     inline_plan(0.0, f, i, np.array([0.0, 0.1, 0.1]), 0.01, 6, True, False,
                 np.array([0.5, 0.6]), np.zeros((2, 1, 3)),
-                np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64))
+                np.array([[0.0, np.inf], [0.0, np.inf]]), np.array([1, 1], dtype=np.int64),
+                0.0)
 
 
 warm_up()

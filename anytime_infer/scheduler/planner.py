@@ -202,7 +202,7 @@ def contingent_entry(pol, start: float, chosen: List[Task], x: Task, k: int) -> 
     rew = x.weight * mat[:, depths]                       # outcomes x options
     picked, _, level = plan_window(start, reserve, pol.quantum, x.deadline,
                                    np.asarray(times, dtype=float), np.ascontiguousarray(rew),
-                                   *pack(rest_opts, n), True)
+                                   *pack(rest_opts, n), pol.deepen_slack)
     order = [x] + rest
     out: List[Optional[Targets]] = []
     made: Dict[tuple, Targets] = {}
@@ -409,7 +409,7 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     mean, cond, edges, nbins = u.tables()
     mode, order, depths, reserve, block, last, go_on = prepare_plan(
         start, mirror.f, mirror.i, run, stage if run_ids else 0, plan_s, pol.quantum,
-        pol.horizon, u.flat, mean, cond, edges, nbins)
+        pol.horizon, u.flat, mean, cond, edges, nbins, pol.deepen_slack)
     ids = tuple(mirror.i[Mirror.ID, order].tolist())
     made: Dict[tuple, Targets] = {}
     rows: List[Targets] = []
@@ -823,6 +823,7 @@ class OffPathPlanner:
             st.fallback += 1
             d.run = []
             self._fallback(now, self._front(tasks), tasks, d, ok is None)
+        pol.note_outcome(now, d)
         return d
 
     def boundary_time(self, seconds: float) -> None:

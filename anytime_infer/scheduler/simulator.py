@@ -297,6 +297,7 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
     ended: List[int] = []
     while ai < n_arr or pending:
         if not pending:
+            policy.note_idle(now)
             advance(arrivals[ai][0])
             continue
         if link is not None:
