@@ -194,6 +194,7 @@ def _cmd_bound(args: argparse.Namespace) -> int:
 
 
 def _add_bound(sub) -> None:
+    from anytime_infer.scheduler.bounds import MIN_GROUP
     p = sub.add_parser('bound', help="what a policy that knows the exits' confidences can "
                        'reach, against the clairvoyant oracle (budget bounds on a trace)',
                        description='Relax every deadline to the mean time per frame at a '
@@ -210,7 +211,7 @@ def _add_bound(sub) -> None:
     p.add_argument('--loads', default='1,2,3', help='loads, comma-separated (%(default)s)')
     p.add_argument('--bins', type=int, default=10,
                    help='confidence bins per exit (%(default)s); a history group is '
-                   'split by an exit only into parts of >= 30 frames')
+                   f'split by an exit only into parts of >= {MIN_GROUP} frames')
     p.add_argument('--json', action='store_true', help='print one JSON object')
     p.set_defaults(func=_cmd_bound)
 

@@ -437,8 +437,9 @@ class ImpreciseDP(Policy):
         about 1 point at 2-3x (fashion_mnist and a synthetic 3-exit trace, CPU times).
         """
         if self._idle_at is None or not (d.run or d.finish or d.drop):
-            self._idle_at = now
-        self.deepen_slack = 0.0 if now - self._idle_at <= self._deepen_s else self._deepen_s
+            self.note_idle(now)
+        elif now - self._idle_at > self._deepen_s:
+            self.deepen_slack = self._deepen_s
 
     def note_idle(self, now: float) -> None:
         """Hear that the worker has no pending task (it ran out of work: deepen again)."""
