@@ -398,8 +398,11 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
     starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
     the planned time of stage d. Returns (mode, order, depths, block reserve, block
     count, block last deadline, go_on): mode 1 when the first running task is the front
-    after its stage (``depths`` has one row per confidence bin of its exit), 2 when not,
-    0 when idle (one row: the plan as the tasks are); ``order``: the slots planned, EDF.
+    after its stage (one plan per confidence bin of its exit), 2 when not, 0 when idle
+    (one plan: the tasks as they are); ``order``: the slots planned, EDF. The plans come
+    as ``ids`` (the task ids of ``order``), ``rows`` (the distinct depth rows, in order of
+    first use: most bins share a plan) and ``rowmap`` (the row of each bin), so that the
+    planner makes one plan object per distinct row.
     """
     n = len(mean)
     p1 = plan_s[1]
@@ -419,14 +422,43 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
     if x >= 0:
         mode = 1 if c > 0 and chosen[0] == x else 2
     if c == 0:
-        return mode, chosen, np.zeros((1, 0), dtype=np.int64), INF, 0, -INF, False
+        return (mode, chosen, tid[chosen], np.zeros((1, 0), dtype=np.int64),
+                np.zeros(1, dtype=np.int64), INF, 0, -INF, False)
     order, depths, _, level = _window_plan(start, chosen, mode == 1, done, conf, weight,
                                            deadline, plan_s, quantum, horizon, flat, mean,
                                            cond, edges, nbins, deepen_slack)
     r, bn, last = _block(chosen, 1 if mode == 1 else 0, done, deadline, p1)
     k = done[order[0]]
     go_on = k < n and (len(level) < 2 or level[1] >= 0)
-    return mode, order, depths, r, bn, last, go_on
+    rows, rowmap = _distinct_rows(depths)
+    return mode, order, tid[order], rows, rowmap, r, bn, last, go_on
+
+
+@njit(cache=True)
+def _distinct_rows(depths: np.ndarray):
+    """Return the distinct rows of ``depths`` (in order of first use) and each row's index."""
+    nb, w = depths.shape
+    rowmap = np.empty(nb, dtype=np.int64)
+    first = np.empty(nb, dtype=np.int64)
+    u = 0
+    for b in range(nb):
+        found = -1
+        for q in range(u):
+            r = first[q]
+            same = True
+            for j in range(w):
+                if depths[r, j] != depths[b, j]:
+                    same = False
+                    break
+            if same:
+                found = q
+                break
+        if found < 0:
+            first[u] = b
+            found = u
+            u += 1
+        rowmap[b] = found
+    return depths[first[:u]], rowmap
 
 
 @njit(cache=True)

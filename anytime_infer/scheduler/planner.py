@@ -407,18 +407,15 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     start = now + expected_time(times, stage, len(run)) if run_ids else now
     u = pol.utility
     mean, cond, edges, nbins = u.tables()
-    mode, order, depths, reserve, block, last, go_on = prepare_plan(
+    mode, _, ids, distinct, rowmap, reserve, block, last, go_on = prepare_plan(
         start, mirror.f, mirror.i, run, stage if run_ids else 0, plan_s, pol.quantum,
         pol.horizon, u.flat, mean, cond, edges, nbins, pol.deepen_slack)
-    ids = tuple(mirror.i[Mirror.ID, order].tolist())
-    made: Dict[tuple, Targets] = {}
-    rows: List[Targets] = []
-    for row in depths.tolist():
-        key = tuple(row)
-        tg = made.get(key)
-        if tg is None:
-            tg = made[key] = Targets(ids, key, reserve, block, dict(zip(ids, key)), last)
-        rows.append(tg)
+    ids = tuple(ids.tolist())
+    # One Targets per distinct plan (most bins share one), in the bins' order.
+    made = [Targets(ids, key, reserve, block, dict(zip(ids, key)), last)
+            for key in map(tuple, distinct.tolist())]
+    bins = rowmap.tolist()
+    rows = [made[j] for j in bins]
     if run_ids:
         x = run_ids[0]
         first = (x, stage)
@@ -430,14 +427,19 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
         first = (-1, 0)
         entry = Entry(-1, 0, None, rows)
     plan = ContingentPlan(seq, now, {first: entry}, first, cumt)
-
-    def state_of(f: int):
-        s = slot.get(f)
-        if s is None:
-            return None
-        return (int(mirror.i[Mirror.DONE, s]), int(mirror.i[Mirror.STAGES, s]),
-                float(mirror.f[Mirror.DEADLINE, s]), float(mirror.f[Mirror.CONF, s]))
-    _decision_table(plan, now, times, u, state_of)
+    if mode == 1 and ids and ids[0] == first[0]:
+        # The enumerated front (``_decision_table``'s first case), per distinct plan.
+        deeper = [tg.depth[0] > stage for tg in made]
+        plan.table = [(stage, entry.edges, b, deeper[j]) for b, j in enumerate(bins)
+                      if deeper[j] or entry.could_go_on]
+    else:
+        def state_of(f: int):
+            s = slot.get(f)
+            if s is None:
+                return None
+            return (int(mirror.i[Mirror.DONE, s]), int(mirror.i[Mirror.STAGES, s]),
+                    float(mirror.f[Mirror.DEADLINE, s]), float(mirror.f[Mirror.CONF, s]))
+        _decision_table(plan, now, times, u, state_of)
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -710,10 +712,20 @@ class OffPathPlanner:
         ev = self._events
         for tid in gone:
             ev.append(('r', tid))
-        for tid in ended:
-            t = tasks.get(tid)
-            if t is not None:
-                self.stage_done(tid, t.stages_done, t.confidences[-1])
+        if ended:
+            # ``stage_done`` for each, inlined (every boundary).
+            confs = self._confs
+            for tid in ended:
+                t = tasks.get(tid)
+                if t is not None:
+                    k, c = t.stages_done, t.confidences[-1]
+                    ev.append(('s', tid, k, c))
+                    confs[(tid, k)] = c
+                    if k == 1:
+                        self._latest = None
+            if len(confs) > 512:
+                for key in list(confs)[:256]:
+                    del confs[key]
         if admitted:
             p1 = self.policy.times.plan(1)
             for t in admitted:
@@ -1077,6 +1089,8 @@ class OffPathPlanner:
         ``publish=False`` only returns it (the simulator hands it over at the simulated
         time the planner would have finished it).
         """
+        # The planner thread's time from here: the replay is its work too.
+        t0 = self.clock()
         start = None
         mirror = self._mirror
         while self._events:
@@ -1097,16 +1111,21 @@ class OffPathPlanner:
             return None
         self._planned_seq = seq
         _, _, now, run, stage = start
-        t0 = self.clock()
         if self.arrays:
             plan = prepare_arrays(self.policy, now, mirror, run, stage, seq=seq)
         else:
             plan = self.policy.prepare(now, mirror.tasks(), run, stage, seq=seq)
-        # The newest DP decision per (exit, bin), merged here, off the worker's path.
-        table = dict(self._ptable)
-        copied = set()        # exits whose cells this merge copied already (copy once)
+        # The newest DP decision per (exit, bin), merged here, off the worker's path. A
+        # merged table is never changed once handed over: a change goes to a copy (made
+        # only when some decision differs; usually none does).
+        table = self._ptable
+        copied = None         # exits whose cells this merge copied already (copy once)
         for k, edges, b, deeper in plan.table:
             cell = table.get(k)
+            if cell is not None and cell[0] is edges and cell[1].get(b) == deeper:
+                continue
+            if copied is None:
+                table, copied = dict(table), set()
             if cell is None or cell[0] is not edges:
                 cells = {}
                 table[k] = (edges, cells)
