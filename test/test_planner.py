@@ -341,3 +341,28 @@ def test_the_compiled_inline_decision_is_the_reference_decision(flat, lazy, batc
         kinds.add((bool(ref.run), bool(ref.finish), bool(ref.drop), len(ref.run) > 1))
     assert len(kinds) >= 3
     assert any(k[3] for k in kinds) == batching        # batches were compared too
+
+
+def test_the_planners_time_includes_replaying_the_workers_events(monkeypatch):
+    # The simulator makes a plan usable at its start + planner_s: the replay of the
+    # worker's events into the planner's copy is the planner's work too (it was left out).
+    from anytime_infer.scheduler import planner as planner_mod
+    ticks = [0.0]
+
+    def clock() -> float:
+        return ticks[0]
+    real_add = planner_mod.Mirror.add
+
+    def slow_add(self, *args) -> None:
+        ticks[0] += 0.001          # each task replayed costs the planner 1 ms
+        real_add(self, *args)
+    monkeypatch.setattr(planner_mod.Mirror, 'add', slow_add)
+    prof = synthetic_profile()
+    tasks = _tasks(np.random.default_rng(5), 6)
+    pol = ImpreciseDP(prof, StageTimes(prof), batching=False)
+    link = OffPathPlanner(pol, clock)
+    for t in tasks:
+        link.arrived(t)
+    plan = link.plan(link.stage_start(0.0, [tasks[0].task_id], tasks[0].stages_done + 1))
+    assert plan is not None
+    assert plan.planner_s >= 6 * 0.001 - 1e-12
