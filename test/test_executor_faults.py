@@ -337,6 +337,7 @@ def test_late_share_stays_low_at_3x_overload_with_stage_hiccups_and_a_busy_threa
     longer. Before the deadline guard and the start check about 2-3 % were late. The
     executor must not trade lateness for drops: most frames are still answered on time.
     """
+    seconds = 10.0
     ex, outcomes = make_executor()
     hiccups = Hiccups(ex.net, share=0.015)
     ex.start()
@@ -359,7 +360,11 @@ def test_late_share_stays_low_at_3x_overload_with_stage_hiccups_and_a_busy_threa
                 time.sleep(0.0002)
         contender = threading.Thread(target=busy, daemon=True)
         contender.start()
-        drive(ex, images, rate, deadline, [(6.0, None)], FaultyStages(ex.net), cameras=2)
+        # 10 s, not 6: the late count is a few dozen hiccup-hit first stages (batches of
+        # them), so over 6 s its run-to-run spread alone crossed 1 % (stop 20: 0.34-1.4 %
+        # late on this machine, mean ~0.8 %, the code of stop 19 alike).
+        drive(ex, images, rate, deadline, [(seconds, None)], FaultyStages(ex.net),
+              cameras=2)
     finally:
         stop.set()
         ex.stop()
@@ -370,7 +375,7 @@ def test_late_share_stays_low_at_3x_overload_with_stage_hiccups_and_a_busy_threa
     late_info = ex.lateness()
     summary = (f'{n} frames at {rate:.0f}/s, deadline {1000 * deadline:.1f} ms: on time '
                f'{on_time}, late {late}; {late_info}')
-    assert n >= 0.5 * rate * 6.0, summary     # the load was really offered
+    assert n >= 0.5 * rate * seconds, summary     # the load was really offered
     assert late <= 0.01 * n, summary
     assert on_time >= 0.25 * n, summary       # not by dropping what could be answered
     assert late_info['guard_ms'] > 0, summary  # the overruns were measured
