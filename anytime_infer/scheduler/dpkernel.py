@@ -396,13 +396,13 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
     ``f`` and ``i``: the planner's ``Mirror`` (per slot: deadline, arrival, weight, last
     confidence; id, stages done, -, -, pending); ``run``: the slots of the stage that
     starts (at ``stage``; empty when idle), assumed to end at ``start``; ``plan_s[d]``:
-    the planned time of stage d. Returns (mode, order, depths, block reserve, block
+    the planned time of stage d. Returns (mode, ids, rows, rowmap, block reserve, block
     count, block last deadline, go_on): mode 1 when the first running task is the front
     after its stage (one plan per confidence bin of its exit), 2 when not, 0 when idle
-    (one plan: the tasks as they are); ``order``: the slots planned, EDF. The plans come
-    as ``ids`` (the task ids of ``order``), ``rows`` (the distinct depth rows, in order of
-    first use: most bins share a plan) and ``rowmap`` (the row of each bin), so that the
-    planner makes one plan object per distinct row.
+    (one plan: the tasks as they are); ``ids``: the ids of the tasks planned, EDF;
+    ``rows``: the distinct depth rows, in order of first use (most bins share a plan);
+    ``rowmap``: the row of each bin. So the planner makes one plan object per distinct
+    row.
     """
     n = len(mean)
     p1 = plan_s[1]
@@ -422,7 +422,7 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
     if x >= 0:
         mode = 1 if c > 0 and chosen[0] == x else 2
     if c == 0:
-        return (mode, chosen, tid[chosen], np.zeros((1, 0), dtype=np.int64),
+        return (mode, tid[chosen], np.zeros((1, 0), dtype=np.int64),
                 np.zeros(1, dtype=np.int64), INF, 0, -INF, False)
     order, depths, _, level = _window_plan(start, chosen, mode == 1, done, conf, weight,
                                            deadline, plan_s, quantum, horizon, flat, mean,
@@ -431,7 +431,7 @@ def prepare_plan(start: float, f: np.ndarray, i: np.ndarray, run: np.ndarray, st
     k = done[order[0]]
     go_on = k < n and (len(level) < 2 or level[1] >= 0)
     rows, rowmap = _distinct_rows(depths)
-    return mode, order, tid[order], rows, rowmap, r, bn, last, go_on
+    return mode, tid[order], rows, rowmap, r, bn, last, go_on
 
 
 @njit(cache=True)

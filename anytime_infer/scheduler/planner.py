@@ -407,15 +407,14 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
     start = now + expected_time(times, stage, len(run)) if run_ids else now
     u = pol.utility
     mean, cond, edges, nbins = u.tables()
-    mode, _, ids, distinct, rowmap, reserve, block, last, go_on = prepare_plan(
+    mode, ids, distinct, rowmap, reserve, block, last, go_on = prepare_plan(
         start, mirror.f, mirror.i, run, stage if run_ids else 0, plan_s, pol.quantum,
         pol.horizon, u.flat, mean, cond, edges, nbins, pol.deepen_slack)
     ids = tuple(ids.tolist())
     # One Targets per distinct plan (most bins share one), in the bins' order.
     made = [Targets(ids, key, reserve, block, dict(zip(ids, key)), last)
             for key in map(tuple, distinct.tolist())]
-    bins = rowmap.tolist()
-    rows = [made[j] for j in bins]
+    rows = [made[j] for j in rowmap.tolist()]
     if run_ids:
         x = run_ids[0]
         first = (x, stage)
@@ -427,19 +426,14 @@ def prepare_arrays(pol, now: float, mirror: Mirror, running: Sequence[int], stag
         first = (-1, 0)
         entry = Entry(-1, 0, None, rows)
     plan = ContingentPlan(seq, now, {first: entry}, first, cumt)
-    if mode == 1 and ids and ids[0] == first[0]:
-        # The enumerated front (``_decision_table``'s first case), per distinct plan.
-        deeper = [tg.depth[0] > stage for tg in made]
-        plan.table = [(stage, entry.edges, b, deeper[j]) for b, j in enumerate(bins)
-                      if deeper[j] or entry.could_go_on]
-    else:
-        def state_of(f: int):
-            s = slot.get(f)
-            if s is None:
-                return None
-            return (int(mirror.i[Mirror.DONE, s]), int(mirror.i[Mirror.STAGES, s]),
-                    float(mirror.f[Mirror.DEADLINE, s]), float(mirror.f[Mirror.CONF, s]))
-        _decision_table(plan, now, times, u, state_of)
+
+    def state_of(f: int):
+        s = slot.get(f)
+        if s is None:
+            return None
+        return (int(mirror.i[Mirror.DONE, s]), int(mirror.i[Mirror.STAGES, s]),
+                float(mirror.f[Mirror.DEADLINE, s]), float(mirror.f[Mirror.CONF, s]))
+    _decision_table(plan, now, times, u, state_of)
     plan.planner_s = time.perf_counter() - t0
     return plan
 
@@ -712,20 +706,10 @@ class OffPathPlanner:
         ev = self._events
         for tid in gone:
             ev.append(('r', tid))
-        if ended:
-            # ``stage_done`` for each, inlined (every boundary).
-            confs = self._confs
-            for tid in ended:
-                t = tasks.get(tid)
-                if t is not None:
-                    k, c = t.stages_done, t.confidences[-1]
-                    ev.append(('s', tid, k, c))
-                    confs[(tid, k)] = c
-                    if k == 1:
-                        self._latest = None
-            if len(confs) > 512:
-                for key in list(confs)[:256]:
-                    del confs[key]
+        for tid in ended:
+            t = tasks.get(tid)
+            if t is not None:
+                self.stage_done(tid, t.stages_done, t.confidences[-1])
         if admitted:
             p1 = self.policy.times.plan(1)
             for t in admitted:
