@@ -503,9 +503,23 @@ class Greedy(ImpreciseDP):
             else:
                 live.append(t)
         live = _edf(live)
-        mandatory = [t for t in live if t.stages_done == 0]
+        # The mandatory stages that fit together in EDF order (the DP's prelude): a task
+        # whose mandatory stage does not fit behind the earlier ones waits (it is dropped
+        # when it no longer fits alone). Checking every candidate against all queued
+        # mandatory stages ran nothing while they could not all fit, until drops made
+        # room (traffic_lights at CPU times, 3x: 0.04-0.70 against 0.90 at depth 1).
+        mandatory, deferred, clock = [], set(), now
+        for t in live:
+            if t.stages_done == 0:
+                if clock + p1 > t.deadline:
+                    deferred.add(t.task_id)
+                    continue
+                clock += p1
+                mandatory.append(t)
         best, best_score = None, 0.0
         for t in live:
+            if t.task_id in deferred:
+                continue
             if t.complete:
                 d.finish.append(t.task_id)
                 continue
