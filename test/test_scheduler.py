@@ -255,6 +255,8 @@ def test_stage_time_percentiles_are_numpys():
 
 def test_greedy_runs_a_mandatory_stage_when_not_all_of_them_fit():
     """
+    Greedy runs the first mandatory stage of a queue that does not fit as a whole.
+
     Met on traffic_lights at CPU times and 3x: greedy ran nothing while the queued
     mandatory stages could not all fit (every candidate failed the check that the others
     still fit), so frames waited until they were dropped as infeasible: 0.04-0.70
