@@ -375,6 +375,11 @@ class Executor:
         mode = self.planner_mode     # measured once (auto) before any thread starts
         with self._lock:
             self._set_link()
+        with self._health_lock:
+            # The first stall check 0.5 s after the start, on the runs of that time: at
+            # the first run it judged a median of one cold run (a stall logged, then
+            # cleared, at most starts under load).
+            self._stall_checked = time.monotonic()
         self._thread = threading.Thread(target=self._loop, args=(gen,),
                                         name='anytime_infer_worker', daemon=True)
         self._thread.start()
