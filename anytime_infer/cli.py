@@ -34,11 +34,21 @@ def _add_train(sub) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from anytime_infer.model.calibrate import calibrate
+    from anytime_infer.model.calibrate import calibrate, retime
     from anytime_infer.model.store import resolve_model_dir
     folder = resolve_model_dir(args.model_dir)
     batches = [int(b) for b in args.batches.split(',')]
-    prof = calibrate(folder, device=args.device, batches=batches, runs=args.runs)
+    if args.latency_only:
+        prof = retime(folder, device=args.device, batches=batches, runs=args.runs,
+                      threads=args.threads)
+        for k, lat in enumerate(prof['latency'], 1):
+            print(f'stage {k}: p50/p95/p99 {lat["1"]["p50_ms"]:.3f}/{lat["1"]["p95_ms"]:.3f}/'
+                  f'{lat["1"]["p99_ms"]:.3f} ms (batch 1, {prof["device"]}, '
+                  f'{prof["threads"]} thread(s))')
+        print(f'wrote the latencies into {folder}/profile.json')
+        return 0
+    prof = calibrate(folder, device=args.device, batches=batches, runs=args.runs,
+                     threads=args.threads)
     for k, (lat, acc, e0, e1) in enumerate(zip(prof['latency'], prof['exit_accuracy'],
                                                prof['ece_before'], prof['ece_after']), 1):
         print(f'exit {k}: val acc {acc:.4f}  T={prof["temperature"][k - 1]:.3f}  '
@@ -60,6 +70,11 @@ def _add_calibrate(sub) -> None:
     p.add_argument('--device', default='cpu', help='torch device (default: %(default)s)')
     p.add_argument('--batches', default='1,2,4,8', help='batch sizes to time')
     p.add_argument('--runs', type=int, default=200, help='timed runs per stage and batch')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch CPU threads while timing, as the node parameter torch_threads '
+                   '(default: %(default)s; 0: the torch default)')
+    p.add_argument('--latency-only', action='store_true',
+                   help='only time the stages again (temperatures and tables kept)')
     p.set_defaults(func=_cmd_calibrate)
 
 

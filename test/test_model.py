@@ -179,3 +179,39 @@ def test_image_folder_trains_calibrates_and_traces_with_the_same_commands(tmp_pa
     _, card = load_model(str(out))
     assert card['classes'] == ['green', 'red'] and tr.num_exits == 4
     assert len(tr.samples) == card['data']['split_sizes']['test'] > 0
+
+
+def test_latency_only_calibration_times_stages_with_the_nodes_threads(model_copy, capsys):
+    """
+    ``calibrate --latency-only`` re-times the stages and keeps the rest of the profile.
+
+    The bundled profiles were timed with two torch threads while the node runs one
+    (``torch_threads`` 1): its stages took 1.3-1.7x the planned times and a load called
+    2x was about 3x.
+    """
+    from anytime_infer.cli import main
+    path = os.path.join(model_copy, 'profile.json')
+    with open(path) as f:
+        before = json.load(f)
+    threads = torch.get_num_threads()
+    try:
+        assert main(['calibrate', '--model-dir', model_copy, '--latency-only',
+                     '--batches', '1,2', '--runs', '5']) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open(path) as f:
+        after = json.load(f)
+    assert after['threads'] == 1
+    assert sorted(after['latency'][0]) == ['1', '2']
+    assert after['latency'][0]['1']['runs'] == 5
+    for key in ('temperature', 'cond_accuracy', 'conf_edges', 'exit_accuracy',
+                'weights_sha256'):
+        assert after[key] == before[key], key
+    # Timings of other weights are refused: the profile belongs to its weights.
+    after['weights_sha256'] = '0' * 64
+    with open(path, 'w') as f:
+        json.dump(after, f)
+    assert main(['calibrate', '--model-dir', model_copy, '--latency-only', '--runs', '5']) == 2
+    with open(path) as f:
+        assert json.load(f) == after
+    assert 'calibrated for other weights' in capsys.readouterr().err

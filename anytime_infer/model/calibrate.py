@@ -139,9 +139,58 @@ def confidence_tables(logits: List[np.ndarray], labels: np.ndarray, temps: List[
             'conf_bin_counts': counts_all}
 
 
+NODE_THREADS = 1      # the node's default ``torch_threads`` (config/anytime_infer.yaml)
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (0: torch's default), as the node does."""
+    if threads < 0:
+        raise ValueError(f'threads must be >= 0, not {threads}')
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def device_name(dev: torch.device) -> str:
+    """Return what the profile calls the device (GPU name, else the CPU's)."""
+    if dev.type == 'cuda':
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine()
+
+
+def retime(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 2, 4, 8),
+           runs: int = 200, threads: int = NODE_THREADS) -> Dict:
+    """
+    Measure the stage latencies again and write them into the existing profile.
+
+    Temperatures and confidence tables stay as they are (they do not depend on the
+    device). For a profile timed on another machine or with another thread count.
+    """
+    path = os.path.join(model_dir, PROFILE)
+    profile = read_json(path, 'the profile')
+    set_threads(threads)
+    dev = torch.device(device)
+    net, card = load_model(model_dir, device=str(dev))
+    if profile.get('weights_sha256') != card['sha256']:
+        raise ValueError(f'{path} was calibrated for other weights: run calibrate in full')
+    pre = card['preprocess']
+    shape = (pre['channels'], pre['height'], pre['width'])
+    profile.update(latency=measure_latency(net, shape, dev, batches, runs), device=str(dev),
+                   device_name=device_name(dev), torch=torch.__version__,
+                   threads=torch.get_num_threads())
+    write_json(path, profile)
+    return profile
+
+
 def calibrate(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 2, 4, 8),
-              runs: int = 200) -> Dict:
-    """Calibrate a model folder on ``device``; write and return its profile."""
+              runs: int = 200, threads: int = NODE_THREADS) -> Dict:
+    """
+    Calibrate a model folder on ``device``; write and return its profile.
+
+    Stages are timed with ``threads`` CPU threads in torch (the node's ``torch_threads``;
+    0: torch's default): a profile timed with two threads plans a node that runs one with
+    stage times 1.3-1.7x too short (fashion_mnist on this project's CPU).
+    """
+    set_threads(threads)
     dev = torch.device(device)
     net, card = load_model(model_dir, device=str(dev))
     data = load_dataset(card['name'], seed=card['training']['seed'],
@@ -163,8 +212,7 @@ def calibrate(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 
         'model': card['name'],
         'num_stages': net.num_stages,
         'device': str(dev),
-        'device_name': (torch.cuda.get_device_name(dev) if dev.type == 'cuda'
-                        else platform.processor() or platform.machine()),
+        'device_name': device_name(dev),
         'torch': torch.__version__,
         'threads': torch.get_num_threads(),
         'latency': latency,
