@@ -285,7 +285,6 @@ def test_greedy_keeps_up_with_depth_one_when_even_mandatory_stages_overload():
     assert greedy['on_time'] >= 0.9 * fixed['on_time'], (greedy, fixed)
 
 
-
 def test_planned_accuracy_never_falls_with_depth():
     """A table in which a deeper exit looks less accurate is planned as a tie, not a loss."""
     from anytime_infer.scheduler.utility import Utility
