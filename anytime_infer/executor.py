@@ -47,6 +47,9 @@ ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
 STALL_FACTOR = 5.0
 HEALTH_SAMPLES = 16
 HEALTH_WINDOW_S = 2.0
+# Runs of each stage after start() that health does not judge: the first runs on real
+# frames are cold (5-20x on this CPU after the zero-input warm-up), not a stalled device.
+COLD_RUNS = 2
 # Failing runs in a row (raised, or any non-finite exit output) after which a stage, and
 # every stage after it, is no longer run by this executor (until a new one is configured).
 FAIL_LIMIT = 3
@@ -330,6 +333,7 @@ class Executor:
         self._last_failure: Dict[int, float] = {}
         self._fail_logged: Dict[int, float] = {}
         self._stall_checked = -1e9
+        self._cold: Dict[int, int] = {}    # runs per stage health still skips (start())
         self._p50: Dict[Tuple[int, int], float] = {}   # calibrated median per (stage, batch)
         self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
@@ -376,10 +380,12 @@ class Executor:
         with self._lock:
             self._set_link()
         with self._health_lock:
-            # The first stall check 0.5 s after the start, on the runs of that time: at
-            # the first run it judged a median of one cold run (a stall logged, then
-            # cleared, at most starts under load).
+            # The first stall check 0.5 s after the start, and not on the first runs of a
+            # stage (``COLD_RUNS``): it judged a median of one cold run (a stall logged,
+            # then cleared, at most starts under load, and in the node, whose frames come
+            # long after the start, at its first frames).
             self._stall_checked = time.monotonic()
+            self._cold = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
         self._thread = threading.Thread(target=self._loop, args=(gen,),
                                         name='anytime_infer_worker', daemon=True)
         self._thread.start()
@@ -1275,7 +1281,10 @@ class Executor:
             mono = time.monotonic()
         disable = False
         with self._health_lock:
-            if seconds > 0:
+            cold = self._cold.get(stage, 0)
+            if cold:
+                self._cold[stage] = cold - 1
+            elif seconds > 0:
                 p50 = self._p50.get((stage, batch))
                 if p50 is None:     # the calibration does not change: looked up once
                     p50 = self._p50[(stage, batch)] = self.times.calibrated(stage, batch)[0]

@@ -407,3 +407,30 @@ def test_a_slow_first_stage_run_is_no_stall(images, caplog):
               if r.getMessage().startswith('stall') and r.thread == worker]
     assert faults.runs.get(1, 0) > 100
     assert stalls == [], stalls
+
+
+def test_cold_first_runs_long_after_start_are_no_stall(images, caplog):
+    """
+    The node's case: frames come long after ``start()``; its first runs are cold.
+
+    Met in ``make demo``: 'stall: stage 1 takes 6.4x its calibrated time' and its 'stall
+    over' at the start of a run that kept every frame on time. The node starts the
+    executor at activation; the first frames come seconds later, so the first stall check
+    came at the first stage run and judged that one cold run.
+    """
+    ex, _ = make_executor()
+    faults = FaultyStages(ex.net)
+    rate = 1.0 / ex.profile.full_depth_mean()
+    caplog.set_level('WARNING', logger='anytime_infer.executor')
+    ex.start()
+    worker = ex._thread.ident
+    try:
+        time.sleep(0.7)                 # activated, no frames yet
+        drive(ex, images, rate, DEADLINE, [(0.004, Fault(delay_s=0.003)), (1.5, None)], faults)
+    finally:
+        ex.stop()
+        faults.remove()
+    stalls = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith('stall') and r.thread == worker]
+    assert faults.runs.get(1, 0) > 100
+    assert stalls == [], stalls
