@@ -495,31 +495,15 @@ class Greedy(ImpreciseDP):
     def decide(self, now: float, tasks: Sequence[Task]) -> Decision:
         """Run the feasible next stage with the best gain per second; finish the rest."""
         d = Decision()
-        p1 = self.times.plan(1)
-        live = []
-        for t in tasks:
-            if t.stages_done == 0 and now + p1 > t.deadline:
-                d.drop.append((t.task_id, INFEASIBLE))
-            else:
-                live.append(t)
-        live = _edf(live)
-        # The mandatory stages that fit together in EDF order (the DP's prelude): a task
-        # whose mandatory stage does not fit behind the earlier ones waits (it is dropped
-        # when it no longer fits alone). Checking every candidate against all queued
-        # mandatory stages ran nothing while they could not all fit, until drops made
-        # room (traffic_lights at CPU times, 3x: 0.04-0.70 against 0.90 at depth 1).
-        mandatory, deferred, clock = [], set(), now
-        for t in live:
-            if t.stages_done == 0:
-                if clock + p1 > t.deadline:
-                    deferred.add(t.task_id)
-                    continue
-                clock += p1
-                mandatory.append(t)
+        # The DP's prelude: infeasible mandatory stages dropped, the rest in EDF order,
+        # and a mandatory stage that does not fit behind the earlier ones left waiting.
+        # Checking each candidate against every queued mandatory stage instead ran
+        # nothing while they could not all fit, until drops made room (traffic_lights at
+        # CPU times, 3x: 0.04-0.70 against 0.90 at depth 1).
+        d.drop, live, _, _ = self._prelude(now, tasks)
+        mandatory = [t for t in live if t.stages_done == 0]
         best, best_score = None, 0.0
         for t in live:
-            if t.task_id in deferred:
-                continue
             if t.complete:
                 d.finish.append(t.task_id)
                 continue
