@@ -10,7 +10,7 @@ and after, and P(exit l correct | confidence bin of exit k) for every k <= l.
 import os
 import platform
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from anytime_infer.model.data import load_dataset, to_tensor_batch
 from anytime_infer.model.store import CARD, load_model, PROFILE, read_json, write_json
@@ -157,6 +157,12 @@ def device_name(dev: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def input_shape(card: Dict) -> Tuple[int, int, int]:
+    """Return one input's (channels, height, width) from a model card."""
+    pre = card['preprocess']
+    return pre['channels'], pre['height'], pre['width']
+
+
 def retime(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 2, 4, 8),
            runs: int = 200, threads: int = NODE_THREADS) -> Dict:
     """
@@ -172,10 +178,8 @@ def retime(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 2, 
     net, card = load_model(model_dir, device=str(dev))
     if profile.get('weights_sha256') != card['sha256']:
         raise ValueError(f'{path} was calibrated for other weights: run calibrate in full')
-    pre = card['preprocess']
-    shape = (pre['channels'], pre['height'], pre['width'])
-    profile.update(latency=measure_latency(net, shape, dev, batches, runs), device=str(dev),
-                   device_name=device_name(dev), torch=torch.__version__,
+    profile.update(latency=measure_latency(net, input_shape(card), dev, batches, runs),
+                   device=str(dev), device_name=device_name(dev), torch=torch.__version__,
                    threads=torch.get_num_threads())
     write_json(path, profile)
     return profile
@@ -203,9 +207,7 @@ def calibrate(model_dir: str, device: str = 'cpu', batches: Sequence[int] = (1, 
     raw_conf = [softmax(lg).max(axis=1) for lg in logits]
     cal_conf = [softmax(lg, t).max(axis=1) for lg, t in zip(logits, temps)]
     ok = [lg.argmax(axis=1) == y_val for lg in logits]
-    pre = card['preprocess']
-    shape = (pre['channels'], pre['height'], pre['width'])
-    latency = measure_latency(net, shape, dev, batches, runs)
+    latency = measure_latency(net, input_shape(card), dev, batches, runs)
     # Warm the whole pipeline once as the executor would (conversion included).
     to_tensor_batch(data.subset('val')[0][:1], data.preprocess)
     profile = {
