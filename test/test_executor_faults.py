@@ -210,6 +210,74 @@ def test_nan_output_is_never_published_and_a_stage_that_keeps_failing_is_disable
     assert h.max_depth == 1 and 'stages 2..4 disabled' in h.message
 
 
+def test_stage_runs_are_recorded_once_each_and_off_the_workers_path(images):
+    """
+    Every stage run reaches the stage-time estimates once, recorded by the delivery thread.
+
+    Only the first (cold) runs, far above their plan, are recorded by the worker at once;
+    health sees the runs as well.
+    """
+    ex, outcomes = make_executor()
+    faults = FaultyStages(ex.net)
+    where = []
+    observe = ex.times.observe
+
+    def spy(*args, **kw):
+        where.append(threading.current_thread().name)
+        return observe(*args, **kw)
+    ex.times.observe = spy
+    ex.start()
+    n = 40
+    try:
+        for i in range(n):
+            submit_one(ex, images[i], i)
+            assert wait_for(lambda: len(outcomes) == i + 1)
+        h = ex.health()
+    finally:
+        ex.stop()
+    assert [o.outcome for o in outcomes] == ['on_time'] * n
+    assert len(where) == sum(faults.runs.values()) >= n
+    assert where.count('anytime_infer_outcomes') >= 0.8 * len(where), where
+    assert set(where) <= {'anytime_infer_outcomes', 'anytime_infer_worker', 'MainThread'}
+    assert set(h.stage_slowdown) == set(faults.runs)
+
+
+def test_failures_not_in_a_row_disable_nothing_while_successes_wait_to_be_recorded(images):
+    """
+    Stage 2 fails every other run while the delivery thread is held up in a slow callback.
+
+    The successful runs in between are queued, not yet recorded; a failure is recorded
+    after them (they end its streak), so FAIL_LIMIT failures that are not in a row never
+    disable the stage.
+    """
+    ex, outcomes = make_executor(on_outcome=lambda o: time.sleep(0.05))
+    real, runs = ex.net.run_stage, []
+
+    def every_other(k, state):
+        state, logits = real(k, state)
+        if k == 2:
+            runs.append(k)
+            if len(runs) % 2:
+                logits = logits * float('nan')
+        return state, logits
+    ex.net.run_stage = every_other
+    ex.start()
+    n = 2 * FAIL_LIMIT + 2
+    try:
+        for i in range(n):       # one at a time: stage 2 runs once per frame, no batch
+            submit_one(ex, images[i], i, deadline=5.0)
+            assert wait_for(lambda: len(runs) == i + 1)
+        assert wait_for(lambda: len(outcomes) == n)
+        h = ex.health()
+    finally:
+        ex.stop()
+    assert len(runs) == n            # stage 2 ran for every frame: never disabled
+    assert h.stage_failures[2] == n // 2 > FAIL_LIMIT
+    assert h.max_depth == ex.num_stages
+    depth = sorted(o.results[0].depth for o in outcomes)
+    assert depth == [1] * (n // 2) + [ex.num_stages] * (n // 2)
+
+
 @pytest.fixture
 def nan_model(tmp_path):
     """Copy the bundled fashion_mnist into tmp_path with stage 3's conv weights NaN."""

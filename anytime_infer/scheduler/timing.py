@@ -98,9 +98,13 @@ class StageTimes:
         key = (stage, batch)
         t = self._cache.get(key)
         if t is None:
+            version = self.version
             _, pct = self._calibrated(stage, batch)
             t = pct * self.scale(stage, batch) + self.overhead
-            self._cache[key] = t
+            # Not kept if another thread (the executor records runs off the worker's
+            # path) changed the estimates meanwhile: a stale value would stay cached.
+            if self.version == version:
+                self._cache[key] = t
         return t
 
     def observe(self, stage: int, batch: int, seconds: float,
