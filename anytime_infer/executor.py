@@ -342,6 +342,7 @@ class Executor:
         self._fail_logged: Dict[int, float] = {}
         self._stall_checked = -1e9
         self._cold: Dict[int, int] = {}    # runs per stage health still skips (start())
+        self._cold_plan: Dict[int, int] = {}   # and plans do not use (the worker's count)
         self._p50: Dict[Tuple[int, int], float] = {}   # calibrated median per (stage, batch)
         self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
@@ -394,6 +395,10 @@ class Executor:
             # long after the start, at its first frames).
             self._stall_checked = time.monotonic()
             self._cold = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
+        # The same first runs are not planned with either (the worker's own count): one
+        # cold run made every stage plan at up to 34x its calibrated time, and a burst of
+        # frames right after a start ran shallow with seconds of slack.
+        self._cold_plan = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
         self._thread = threading.Thread(target=self._loop, args=(gen,),
                                         name='anytime_infer_worker', daemon=True)
         self._thread.start()
@@ -1125,7 +1130,10 @@ class Executor:
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
             dispatch = end - t0
-            if planned_end is not None:
+            cold = self._cold_plan.get(stage, 0)
+            if cold:
+                self._cold_plan[stage] = cold - 1
+            elif planned_end is not None:
                 self._note_overrun(self.clock() - planned_end)
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
             if timer is not None:
@@ -1153,13 +1161,13 @@ class Executor:
                 self._stage_ran(stage, n, seconds, failed=True,
                                 error=f'non-finite output for {bad} of {n} input(s)',
                                 mono=mono)
-        elif planned > SURGE * self.times.plan(stage, n):
+        elif not cold and planned > SURGE * self.times.plan(stage, n):
             with self._record_lock:       # a stall starting: planned for before deciding
                 self._record_runs()
                 self.times.observe(stage, n, planned, mono)
                 self._stage_ran(stage, n, seconds, failed=False, error=None, mono=mono)
         else:
-            self._runs.append((stage, n, planned, seconds, mono))
+            self._runs.append((stage, n, 0.0 if cold else planned, seconds, mono))
         with self._lock:
             link = self._link
             ended = self._ended = []
@@ -1300,7 +1308,8 @@ class Executor:
         runs = self._runs
         while runs:
             stage, n, planned, seconds, mono = runs.popleft()
-            self.times.observe(stage, n, planned, mono)
+            if planned:             # 0: a cold run, not planned with
+                self.times.observe(stage, n, planned, mono)
             self._stage_ran(stage, n, seconds, failed=False, error=None, mono=mono)
 
     def _record_queued(self) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 
 from anytime_infer.camera_player import load_samples
-from anytime_infer.executor import FAIL_LIMIT, FrameJob, HEALTH_WINDOW_S
+from anytime_infer.executor import COLD_RUNS, FAIL_LIMIT, FrameJob, HEALTH_WINDOW_S
 from anytime_infer.faults import drive, Fault, FaultyStages, make_executor, \
     recovery_time, window
 from anytime_infer.model.store import CARD, read_json, resolve_model_dir, sha256_of, \
@@ -214,8 +214,8 @@ def test_stage_runs_are_recorded_once_each_and_off_the_workers_path(images):
     """
     Every stage run reaches the stage-time estimates once, recorded by the delivery thread.
 
-    Only the first (cold) runs, far above their plan, are recorded by the worker at once;
-    health sees the runs as well.
+    Not the first COLD_RUNS of each stage; runs far above their plan are recorded by the
+    worker at once; health sees the runs as well.
     """
     ex, outcomes = make_executor()
     faults = FaultyStages(ex.net)
@@ -236,7 +236,8 @@ def test_stage_runs_are_recorded_once_each_and_off_the_workers_path(images):
     finally:
         ex.stop()
     assert [o.outcome for o in outcomes] == ['on_time'] * n
-    assert len(where) == sum(faults.runs.values()) >= n
+    # Every run but the first COLD_RUNS of each stage (not planned with).
+    assert len(where) == sum(faults.runs.values()) - COLD_RUNS * ex.num_stages >= n
     assert where.count('anytime_infer_outcomes') >= 0.8 * len(where), where
     assert set(where) <= {'anytime_infer_outcomes', 'anytime_infer_worker', 'MainThread'}
     assert set(h.stage_slowdown) == set(faults.runs)
@@ -497,3 +498,33 @@ def test_cold_first_runs_long_after_start_are_no_stall(images, caplog):
     """
     stalls = _stall_lines_after_cold_first_runs(images, caplog, idle_s=0.7)   # no frames yet
     assert stalls == [], stalls
+
+
+def test_cold_first_runs_after_start_do_not_shrink_the_plans(images):
+    """
+    The first runs of each stage after start() take 40 ms (cold; ~37 ms was measured).
+
+    A burst of frames with long deadlines, right after start, still runs at full depth:
+    those runs are not planned with. Met as a flaky light-load test (3 of 20 frames at
+    full depth): one cold run made every stage plan at up to 34x its calibrated time.
+    """
+    ex, outcomes = make_executor()
+    real, seen = ex.net.run_stage, {}
+
+    def cold_first(k, state):
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] <= COLD_RUNS:
+            time.sleep(0.04)
+        return real(k, state)
+    ex.net.run_stage = cold_first
+    ex.start()
+    n = 20
+    try:
+        for i in range(n):
+            submit_one(ex, images[i], i, deadline=1.0)
+        assert wait_for(lambda: len(outcomes) == n)
+    finally:
+        ex.stop()
+    assert [o.outcome for o in outcomes] == ['on_time'] * n
+    assert [o.results[0].depth for o in outcomes] == [ex.num_stages] * n
+    assert ex.guard_s < 0.01
