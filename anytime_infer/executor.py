@@ -1157,7 +1157,8 @@ class Executor:
         if bad:
             with self._record_lock:
                 self._record_runs()        # in order: a success before it ends a streak
-                self.times.observe(stage, n, planned, mono)
+                if not cold:
+                    self.times.observe(stage, n, planned, mono)
                 self._stage_ran(stage, n, seconds, failed=True,
                                 error=f'non-finite output for {bad} of {n} input(s)',
                                 mono=mono)
