@@ -46,6 +46,9 @@ ON_TIME, LATE, DROPPED = 'on_time', 'late', 'dropped'
 # quota are far above it.
 STALL_FACTOR = 5.0
 HEALTH_SAMPLES = 16
+# Runs of a stage within HEALTH_WINDOW_S that a slowdown needs before it is judged: a
+# median of one run (a third cold run after start) logged 'stall: 14.9x' and its end.
+STALL_MIN_RUNS = 3
 HEALTH_WINDOW_S = 2.0
 # Runs of each stage after start() that health does not judge: the first runs on real
 # frames are cold (5-20x on this CPU after the zero-input warm-up), not a stalled device.
@@ -653,11 +656,15 @@ class Executor:
             wake_late_ms_p99=late['wake_late_ms_p99'], deadline_guard_ms=late['guard_ms'])
 
     def _slowdowns(self, now: float) -> Dict[int, float]:
-        """Per stage measured recently: median measured / calibrated time (health lock held)."""
+        """
+        Per stage measured recently: median measured / calibrated time (health lock held).
+
+        Only stages with ``STALL_MIN_RUNS`` runs within ``HEALTH_WINDOW_S``.
+        """
         per = {}
         for k, q in self._stage_ratio.items():
             fresh = [r for t, r in q if now - t <= HEALTH_WINDOW_S]
-            if fresh:
+            if len(fresh) >= STALL_MIN_RUNS:
                 per[k] = float(np.median(fresh))
         return per
 
