@@ -326,7 +326,7 @@ class Executor:
         # 0.016 of its busy time. A run far above its plan, and every failure, are recorded
         # by the worker at once (plans and failure streaks must see them before the next
         # decision). Whoever records holds ``_record_lock`` (one writer of ``times``).
-        self._runs: Deque[Tuple[int, int, float, float, float]] = deque()
+        self._runs: Deque[Tuple[int, int, float, float, float, bool]] = deque()
         self._record_lock = threading.Lock()
         # Per cycle, the worker's time in the exit post-processing and in publishing.
         self._t_exit = 0.0
@@ -344,8 +344,9 @@ class Executor:
         self._last_failure: Dict[int, float] = {}
         self._fail_logged: Dict[int, float] = {}
         self._stall_checked = -1e9
-        self._cold: Dict[int, int] = {}    # runs per stage health still skips (start())
-        self._cold_plan: Dict[int, int] = {}   # and plans do not use (the worker's count)
+        # Runs per stage after start() that health does not judge and plans do not use
+        # (``COLD_RUNS``; the worker's count).
+        self._cold: Dict[int, int] = {}
         self._p50: Dict[Tuple[int, int], float] = {}   # calibrated median per (stage, batch)
         self._stall_logged = False
         # Per busy worker cycle: (busy seconds, seconds inside the stage itself) in wall
@@ -397,11 +398,10 @@ class Executor:
             # then cleared, at most starts under load, and in the node, whose frames come
             # long after the start, at its first frames).
             self._stall_checked = time.monotonic()
-            self._cold = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
-        # The same first runs are not planned with either (the worker's own count): one
-        # cold run made every stage plan at up to 34x its calibrated time, and a burst of
-        # frames right after a start ran shallow with seconds of slack.
-        self._cold_plan = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
+        # The same first runs are not planned with either: one cold run made every stage
+        # plan at up to 34x its calibrated time, and a burst of frames right after a start
+        # ran shallow with seconds of slack.
+        self._cold = dict.fromkeys(range(1, self.num_stages + 1), COLD_RUNS)
         self._thread = threading.Thread(target=self._loop, args=(gen,),
                                         name='anytime_infer_worker', daemon=True)
         self._thread.start()
@@ -1104,6 +1104,9 @@ class Executor:
             if link is not None:
                 link.stage_start(started, tids, stage)   # the planner plans meanwhile
         t0 = time.perf_counter()
+        cold = self._cold.get(stage, 0) > 0     # one of the first runs after start()
+        if cold:
+            self._cold[stage] -= 1
         if self._cpu:
             # Timed inline on the CPU (a StageTimer per run cost a few microseconds).
             timer = None
@@ -1137,19 +1140,14 @@ class Executor:
             # The scheduler plans with what a stage costs the worker end to end (batching,
             # exit softmax, copy back); the stage itself is timed apart (CUDA events).
             dispatch = end - t0
-            cold = self._cold_plan.get(stage, 0)
-            if cold:
-                self._cold_plan[stage] = cold - 1
-            elif planned_end is not None:
+            if planned_end is not None and not cold:
                 self._note_overrun(self.clock() - planned_end)
         except Exception as e:  # noqa: B902 - a failing stage ends its tasks, not the node
             if timer is not None:
                 seconds, cpu_seconds = timer.seconds, timer.cpu_seconds
             if isinstance(e, torch.cuda.OutOfMemoryError) and self.device.type == 'cuda':
                 torch.cuda.empty_cache()
-            with self._record_lock:
-                self._record_runs()
-                self._stage_ran(stage, len(tids), seconds, failed=True, error=e)
+            self._record_now(stage, len(tids), 0.0, seconds, None, cold, error=e)
             with self._lock:
                 now = self.clock()
                 for t in tids:
@@ -1162,20 +1160,13 @@ class Executor:
         planned = max(dispatch, seconds)
         bad = n - sum(finite) if n > 1 else (0 if finite[0] else 1)
         if bad:
-            with self._record_lock:
-                self._record_runs()        # in order: a success before it ends a streak
-                if not cold:
-                    self.times.observe(stage, n, planned, mono)
-                self._stage_ran(stage, n, seconds, failed=True,
-                                error=f'non-finite output for {bad} of {n} input(s)',
-                                mono=mono)
+            self._record_now(stage, n, planned, seconds, mono, cold,
+                             error=f'non-finite output for {bad} of {n} input(s)')
         elif not cold and planned > SURGE * self.times.plan(stage, n):
-            with self._record_lock:       # a stall starting: planned for before deciding
-                self._record_runs()
-                self.times.observe(stage, n, planned, mono)
-                self._stage_ran(stage, n, seconds, failed=False, error=None, mono=mono)
+            # A stall starting: planned for before the next decision.
+            self._record_now(stage, n, planned, seconds, mono, False)
         else:
-            self._runs.append((stage, n, 0.0 if cold else planned, seconds, mono))
+            self._runs.append((stage, n, planned, seconds, mono, cold))
         with self._lock:
             link = self._link
             ended = self._ended = []
@@ -1311,14 +1302,31 @@ class Executor:
         self.guard_s = max(0.0, upper_quantile([x for _, x in runs], GUARD_QUANTILE)) \
             if len(runs) >= GUARD_MIN_RUNS else 0.0
 
+    def _record(self, stage: int, n: int, planned: float, seconds: float,
+                mono: Optional[float], cold: bool, error: Any = None) -> None:
+        """
+        Record one stage run in the estimates and in health (``_record_lock`` held).
+
+        ``planned``: the time to plan with (0: none); ``cold``: one of the first runs after
+        start(), neither planned with nor judged; ``error``: why it failed (None: it did not).
+        """
+        if planned and not cold:
+            self.times.observe(stage, n, planned, mono)
+        self._stage_ran(stage, n, seconds, failed=error is not None, error=error, mono=mono,
+                        cold=cold)
+
+    def _record_now(self, stage: int, n: int, planned: float, seconds: float,
+                    mono: Optional[float], cold: bool, error: Any = None) -> None:
+        """Record a run at once, after the queued ones (a success before it ends a streak)."""
+        with self._record_lock:
+            self._record_runs()
+            self._record(stage, n, planned, seconds, mono, cold, error)
+
     def _record_runs(self) -> None:
         """Record the queued successful stage runs, oldest first (``_record_lock`` held)."""
         runs = self._runs
         while runs:
-            stage, n, planned, seconds, mono = runs.popleft()
-            if planned:             # 0: a cold run, not planned with
-                self.times.observe(stage, n, planned, mono)
-            self._stage_ran(stage, n, seconds, failed=False, error=None, mono=mono)
+            self._record(*runs.popleft())
 
     def _record_queued(self) -> None:
         """Record the queued stage runs now (any thread but the worker's hot path)."""
@@ -1328,16 +1336,13 @@ class Executor:
 
     # -- faults ---------------------------------------------------------------------------
     def _stage_ran(self, stage: int, batch: int, seconds: float, failed: bool,
-                   error: Any, mono: Optional[float] = None) -> None:
-        """Record a stage run for health: its slowdown, and whether it failed."""
+                   error: Any, mono: Optional[float] = None, cold: bool = False) -> None:
+        """Record a stage run for health: its slowdown (not of a cold run), whether it failed."""
         if mono is None:
             mono = time.monotonic()
         disable = False
         with self._health_lock:
-            cold = self._cold.get(stage, 0)
-            if cold:
-                self._cold[stage] = cold - 1
-            elif seconds > 0:
+            if seconds > 0 and not cold:
                 p50 = self._p50.get((stage, batch))
                 if p50 is None:     # the calibration does not change: looked up once
                     p50 = self._p50[(stage, batch)] = self.times.calibrated(stage, batch)[0]
