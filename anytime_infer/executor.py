@@ -31,7 +31,8 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from anytime_infer.model.data import Preprocess, to_tensor_batch
-from anytime_infer.scheduler.planner import choose_planner, InlineLink, OffPathPlanner
+from anytime_infer.scheduler.planner import choose_planner, decides_on_slots, InlineLink, \
+    OffPathPlanner
 from anytime_infer.scheduler.policies import make_policy, Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import ERROR, INFEASIBLE, QUEUE_FULL, SHUTDOWN, Task
@@ -772,7 +773,7 @@ class Executor:
         self._link = None
         if self.planner_mode == 'thread':
             link = OffPathPlanner(self.policy)
-        elif getattr(self.policy, '_arrays', False) and hasattr(self.policy, 'decide_slots'):
+        elif decides_on_slots(self.policy):
             # Inline with the compiled DP: the link keeps the pending tasks as arrays, so a
             # decision does not read every task (~40 at 2x) at every boundary.
             link = InlineLink(self.policy)

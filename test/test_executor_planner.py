@@ -78,6 +78,31 @@ def test_planner_modes_and_auto_choice():
     assert ex.planner_mode == 'inline'
 
 
+@pytest.mark.parametrize('planner', ['inline', 'thread', 'auto'])
+def test_greedy_in_the_executor_decides_as_greedy(images, planner):
+    # Met in stop 23: the inline link ran ``decide_slots``, which greedy inherits from
+    # the DP, so an executor (and the node) told ``policy: greedy`` ran the DP's decisions.
+    ex, outcomes = make_executor(planner=planner, policy='greedy')
+    boundaries = []
+    real = ex.policy.decide
+
+    def counted(now, tasks):
+        boundaries.append(now)
+        return real(now, tasks)
+    ex.policy.decide = counted
+    rate = 1.0 / ex.profile.full_depth_mean()
+    ex.start()
+    try:
+        drive(ex, images, rate, 0.05, [(0.3, None)], FaultyStages(ex.net), cameras=2)
+    finally:
+        ex.stop()
+    assert one_outcome_each(outcomes) and len(outcomes) > 20, len(outcomes)
+    runs = len(ex.stage_s)
+    # Greedy's own decision before every stage run (and at boundaries that ran none).
+    assert runs > 20 and len(boundaries) >= runs, (len(boundaries), runs)
+    assert ex.stats()['planner'] == 'inline'
+
+
 @pytest.mark.slow
 def test_overhead_figures_exist_and_add_up(images):
     ex, _ = run(images, 'thread', load=2.0, seconds=1.5)

@@ -449,7 +449,9 @@ def inline_cost(profile, clock=time.perf_counter, tasks: int = 12, runs: int = 4
     Measure what one inline DP decision costs here (s, 25th percentile), loaded state.
 
     ``tasks`` pending tasks, deadlines a stage or two apart, some with results; a new
-    policy each run (no cached table helps), so this is the decision's full cost.
+    policy each run (no cached table helps), so this is the decision's full cost. Timed
+    as the executor and the simulator decide inline: on the slot arrays of an
+    ``InlineLink`` that the tasks were posted to as they came.
     """
     from anytime_infer.scheduler.policies import ImpreciseDP
     from anytime_infer.scheduler.timing import StageTimes
@@ -463,9 +465,12 @@ def inline_cost(profile, clock=time.perf_counter, tasks: int = 12, runs: int = 4
             t.stages_done = 1 if i == 0 else int(rng.integers(0, 3))
             t.confidences = [float(rng.random()) for _ in range(t.stages_done)]
             state.append(t)
-        pol = ImpreciseDP(profile, StageTimes(profile))
+        link = InlineLink(ImpreciseDP(profile, StageTimes(profile)))
+        for t in state:
+            link.arrived(t)
+        by_id = {t.task_id: t for t in state}
         t0 = clock()
-        pol.decide(0.0, state)
+        link.decide(0.0, by_id)
         spent.append(clock() - t0)
     # A low quantile: other work on a shared machine only ever adds to a measurement.
     return float(np.percentile(spent, 25))
@@ -535,6 +540,11 @@ class BoundaryStats:
     extra: Dict[str, int] = field(default_factory=dict)
 
 
+def decides_on_slots(policy) -> bool:
+    """Whether a policy's own decision runs on slot arrays kept by an ``InlineLink``."""
+    return bool(getattr(policy, 'slots', False) and getattr(policy, '_arrays', False))
+
+
 class InlineLink:
     """
     The worker's end for a DP that decides inline, on slot arrays it keeps (one core).
@@ -579,6 +589,30 @@ class InlineLink:
         # The whole arrays (C-contiguous, as the kernel is compiled for): slots past
         # ``size`` are zero, that is free.
         return self.policy.decide_slots(now, m.f, m.i, tasks)
+
+    def boundary(self, now: float, tasks: Mapping[int, Task], ended: Sequence[int],
+                 admitted: Sequence[Task] = (), gone: Sequence[int] = ()) -> Decision:
+        """
+        Post a boundary's events, decide, post the decision's removals (the simulator's way).
+
+        What the executor's worker does around an inline decision, in one call, so that
+        the simulator charges it all: ``OffPathPlanner.boundary``'s arguments.
+        """
+        m = self._mirror
+        for tid in gone:
+            m.remove(tid)
+        for tid in ended:
+            t = tasks.get(tid)
+            if t is not None:
+                m.stage_done(tid, t.stages_done, t.confidences[-1])
+        for t in admitted:
+            m.add(t, t.stages_done, t.confidences)
+        d = self.decide(now, tasks, ended)
+        for tid, _ in d.drop:
+            m.remove(tid)
+        for tid in d.finish:
+            m.remove(tid)
+        return d
 
     def boundary_time(self, seconds: float) -> None:
         """Nothing: the policy times its own decisions."""

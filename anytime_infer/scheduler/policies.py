@@ -164,6 +164,7 @@ class ImpreciseDP(Policy):
     name = 'imprecise_dp'
     anytime = True
     contingent = True        # plans off the critical path (``prepare``; see planner.py)
+    slots = True             # decides on slot arrays its caller keeps (``decide_slots``)
     chain = 1                # exits of the running task one contingent plan covers
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None,
@@ -488,6 +489,7 @@ class Greedy(ImpreciseDP):
 
     name = 'greedy'
     contingent = False       # decides at the boundary (its whole decision is inline)
+    slots = False            # its own decision reads the tasks (decide_slots is the DP's)
 
     def __init__(self, profile: ModelProfile, times: Optional[StageTimes] = None) -> None:
         super().__init__(profile, times)

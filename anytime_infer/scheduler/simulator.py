@@ -14,7 +14,8 @@ import math
 import time
 from typing import Dict, List, Optional
 
-from anytime_infer.scheduler.planner import choose_planner, OffPathPlanner
+from anytime_infer.scheduler.planner import choose_planner, decides_on_slots, InlineLink, \
+    OffPathPlanner
 from anytime_infer.scheduler.policies import Policy
 from anytime_infer.scheduler.profiles import ModelProfile
 from anytime_infer.scheduler.task import DROP_REASONS, SHUTDOWN, Task
@@ -234,6 +235,10 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
     offpath = charge_decisions and planner == 'thread' and \
         getattr(policy, 'contingent', False)
     link = OffPathPlanner(policy, clock) if offpath else None
+    # Inline, the compiled DP decides on slot arrays that the worker keeps up to date as
+    # tasks arrive, run and leave (``InlineLink``), as the executor's inline mode does:
+    # that upkeep and the decision are charged at each boundary.
+    inline = InlineLink(policy) if not offpath and decides_on_slots(policy) else None
     fresh: List[Task] = []          # admitted since the last boundary (posted by the worker)
     gone: List[int] = []            # published at their deadline (posted by the watcher)
     planner_s: List[float] = []
@@ -309,6 +314,10 @@ def _simulate(profile, trace, policy, streams, frames, seed, arrival, charge_dec
             dec = link.boundary(now, pending, ended, fresh, gone)
             spent = max(clock() - t0 - tare, 0.0)
             link.boundary_time(spent)
+        elif inline is not None:
+            t0 = clock()
+            dec = inline.boundary(now, pending, ended, fresh, gone)
+            spent = max(clock() - t0 - tare, 0.0)
         else:
             t0 = clock()
             dec = policy.decide(now, pending.values())
