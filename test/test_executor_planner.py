@@ -78,11 +78,13 @@ def test_planner_modes_and_auto_choice():
     assert ex.planner_mode == 'inline'
 
 
-@pytest.mark.parametrize('planner', ['inline', 'thread', 'auto'])
-def test_greedy_in_the_executor_decides_as_greedy(images, planner):
+@pytest.mark.parametrize('planner,policy', [
+    ('inline', 'greedy'), ('thread', 'greedy'), ('auto', 'greedy'), ('auto', 'edf_full'),
+    ('auto', 'mandatory_only'), ('auto', 'fifo_full'), ('auto', 'latest_full')])
+def test_a_policy_without_plans_decides_with_its_own_decision(images, planner, policy):
     # Met in stop 23: the inline link ran ``decide_slots``, which greedy inherits from
     # the DP, so an executor (and the node) told ``policy: greedy`` ran the DP's decisions.
-    ex, outcomes = make_executor(planner=planner, policy='greedy')
+    ex, outcomes = make_executor(planner=planner, policy=policy)
     boundaries = []
     real = ex.policy.decide
 
@@ -98,7 +100,7 @@ def test_greedy_in_the_executor_decides_as_greedy(images, planner):
         ex.stop()
     assert one_outcome_each(outcomes) and len(outcomes) > 20, len(outcomes)
     runs = len(ex.stage_s)
-    # Greedy's own decision before every stage run (and at boundaries that ran none).
+    # The policy's own decision before every stage run (and at boundaries that ran none).
     assert runs > 20 and len(boundaries) >= runs, (len(boundaries), runs)
     assert ex.stats()['planner'] == 'inline'
 
