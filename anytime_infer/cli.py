@@ -172,8 +172,8 @@ def _add_simulate(sub) -> None:
     p.add_argument('--planner', default='auto', choices=['auto', 'thread', 'inline'],
                    help='DP policies: plan on a planner thread while stages run, the worker '
                    'looks the plan up at each boundary (thread), or decide at the boundary '
-                   '(inline, one core); auto: thread where one decision, measured here, '
-                   'costs a mean stage or more; every policy is charged what its '
+                   '(inline, one core); auto: thread where one inline decision, measured '
+                   'here, costs 0.1 of a mean stage or more; every policy is charged what its '
                    'worker waits for')
     p.add_argument('--decision-clock', default='cpu', choices=['cpu', 'wall'],
                    help='time decisions by the thread CPU time (a core of its own; default) '

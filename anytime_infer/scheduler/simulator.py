@@ -169,7 +169,7 @@ def simulate(profile: ModelProfile, trace: Trace, policy: Policy, streams: List[
     How decisions are charged (``planner``; see ``anytime_infer.scheduler.planner``):
 
     * ``auto`` (default): ``thread`` for the DP policies where one inline decision,
-      measured here before the run, costs a mean stage or more
+      measured here before the run, costs 0.1 of a mean stage or more
       (``planner.choose_planner``), else ``inline``.
     * ``thread`` (policies that plan off the critical path, i.e. the DP ones):
       a planner thread with a core of its own. When a stage starts, the state at that
