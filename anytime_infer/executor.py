@@ -74,6 +74,8 @@ GUARD_MAX_SHARE = 0.5
 PLANNER_MODES = ('auto', 'thread', 'inline')
 # Exit outputs of at most this many values are post-processed in plain Python (``_exit``).
 EXIT_PY_MAX = 256
+# Batch sizes ``warm_up`` runs every stage at: up to the DP's largest batch (``max_batch``).
+WARM_BATCH = 8
 log = logging.getLogger('anytime_infer.executor')
 
 
@@ -507,14 +509,31 @@ class Executor:
 
     @torch.inference_mode()
     def warm_up(self, runs: int = 5) -> None:
-        """Run every stage a few times at batch 1 (kernel selection, allocator)."""
+        """
+        Run every stage a few times at batch 1, then once at every batch size it may run.
+
+        Kernel selection, the allocator and code first used at a batch size are paid here,
+        not by the first batch of frames: while a CI run loaded this machine, the first
+        batched run of a stage after start took 70-900 ms and a burst of 8 frames right
+        after start came out late (2 of 3 fresh processes); quiet, it took 3-24 ms.
+        """
         shape = (1, self.pre.channels, self.pre.height, self.pre.width)
-        for _ in range(runs):
-            x = torch.zeros(shape, device=self.device)
-            for k in range(1, self.net.num_stages + 1):
-                x, _ = self.net.run_stage(k, x)
+        with torch.inference_mode():
+            for _ in range(runs):
+                x = torch.zeros(shape, device=self.device)
+                for k in range(1, self.net.num_stages + 1):
+                    x, _ = self.net.run_stage(k, x)
+            for b in range(2, self.warm_batch + 1):
+                x = torch.zeros((b,) + shape[1:], device=self.device)
+                for k in range(1, self.net.num_stages + 1):
+                    x, _ = self.net.run_stage(k, x)
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
+
+    @property
+    def warm_batch(self) -> int:
+        """Return the largest batch a stage may run at (1 without batching)."""
+        return WARM_BATCH if self._batching else 1
 
     def stats(self) -> Dict[str, float]:
         """
