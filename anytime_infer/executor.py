@@ -513,20 +513,19 @@ class Executor:
         Run every stage a few times at batch 1, then once at every batch size it may run.
 
         Kernel selection, the allocator and code first used at a batch size are paid here,
-        not by the first batch of frames: while a CI run loaded this machine, the first
-        batched run of a stage after start took 70-900 ms and a burst of 8 frames right
-        after start came out late (2 of 3 fresh processes); quiet, it took 3-24 ms.
+        not by the first batch of frames: the first pass at batch 2 took 37-49 ms in 2 of
+        4 fresh processes (4-6 ms after), 70-900 ms while a CI run loaded this machine,
+        when a burst of 8 frames right after start came out late.
         """
         shape = (1, self.pre.channels, self.pre.height, self.pre.width)
-        with torch.inference_mode():
-            for _ in range(runs):
-                x = torch.zeros(shape, device=self.device)
-                for k in range(1, self.net.num_stages + 1):
-                    x, _ = self.net.run_stage(k, x)
-            for b in range(2, self.warm_batch + 1):
-                x = torch.zeros((b,) + shape[1:], device=self.device)
-                for k in range(1, self.net.num_stages + 1):
-                    x, _ = self.net.run_stage(k, x)
+        for _ in range(runs):
+            x = torch.zeros(shape, device=self.device)
+            for k in range(1, self.net.num_stages + 1):
+                x, _ = self.net.run_stage(k, x)
+        for b in range(2, self.warm_batch + 1):
+            x = torch.zeros((b,) + shape[1:], device=self.device)
+            for k in range(1, self.net.num_stages + 1):
+                x, _ = self.net.run_stage(k, x)
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
