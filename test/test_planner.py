@@ -241,9 +241,9 @@ def test_the_free_bound_plans_for_no_decision_time_and_repeats_exactly():
 def test_the_simulated_inline_worker_decides_on_slot_arrays_as_the_executor(monkeypatch):
     # The executor decides inline on an InlineLink's slot arrays, posted as tasks come,
     # run and go; the simulator read every pending task at each boundary instead, a
-    # costlier path than the one it models (fashion_mnist at CPU times, 3x: a decision's
-    # p50 0.03 ms then, 0.014 ms on the link). With every decision timed at 0 s, both
-    # paths give every frame the same outcome and depth.
+    # costlier path than the one it models (a cut of fashion_mnist with a heavy stage 1,
+    # CPU times, 3x: a decision's p50 0.032 ms then, 0.014 ms on the link). With every
+    # decision timed at 0 s, both paths give every frame the same outcome and depth.
     from anytime_infer.scheduler import simulator
     prof = synthetic_profile(stage_ms=(0.06, 0.2, 0.2, 0.2))
     trace = synthetic_trace()

@@ -603,20 +603,19 @@ class InlineLink:
         What the executor's worker does around an inline decision, in one call, so that
         the simulator charges it all: ``OffPathPlanner.boundary``'s arguments.
         """
-        m = self._mirror
         for tid in gone:
-            m.remove(tid)
+            self.removed(tid)
         for tid in ended:
             t = tasks.get(tid)
             if t is not None:
-                m.stage_done(tid, t.stages_done, t.confidences[-1])
+                self.stage_done(tid, t.stages_done, t.confidences[-1])
         for t in admitted:
-            m.add(t, t.stages_done, t.confidences)
+            self.arrived(t)
         d = self.decide(now, tasks, ended)
         for tid, _ in d.drop:
-            m.remove(tid)
+            self.removed(tid)
         for tid in d.finish:
-            m.remove(tid)
+            self.removed(tid)
         return d
 
     def boundary_time(self, seconds: float) -> None:
